@@ -1,0 +1,44 @@
+"""Report rendering: one view of results.json feeds report.md and report.html, so their numbers agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kd2deploy.report.view import build_view
+
+
+def _env():
+    from jinja2 import Environment, PackageLoader
+
+    env = Environment(loader=PackageLoader("kd2deploy.report", "templates"), autoescape=False,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v, d=2: "–" if v is None else f"{100 * v:.{d}f} %"
+    env.filters["num"] = lambda v, d=1: "–" if v is None else f"{v:,.{d}f}"
+    env.filters["sci"] = lambda v, d=2: "–" if v is None else f"{v:.{d}e}"
+    return env
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    return _env().get_template("report.md.j2").render(v=build_view(results, with_plots=False))
+
+
+def render_html(results: dict[str, Any]) -> str:
+    from markupsafe import escape
+
+    env = _env()
+    env.autoescape = True
+    env.filters["e"] = escape
+    return env.get_template("report.html.j2").render(v=build_view(results, with_plots=True))
+
+
+def write_reports(results: dict[str, Any], run_dir: Path, formats: list[str]) -> list[Path]:
+    """Writes report.md / report.html (results.json is written by the pipeline) atomically into ``run_dir``."""
+    from kd2deploy.rundir import write_atomic
+
+    out = []
+    if "md" in formats:
+        out.append(write_atomic(Path(run_dir) / "report.md", render_markdown(results)))
+    if "html" in formats:
+        out.append(write_atomic(Path(run_dir) / "report.html", render_html(results)))
+    return out

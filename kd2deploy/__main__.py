@@ -1,0 +1,3 @@
+from kd2deploy.cli import app
+
+app(prog_name="kd2deploy")

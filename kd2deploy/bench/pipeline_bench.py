@@ -1,0 +1,158 @@
+"""The pipeline's benchmark and inference-energy stages: the harness applied to a run's exported models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kd2deploy import ui
+from kd2deploy.errors import StageError
+
+# Models compared in every run: the exported teacher and the shipped student.
+COMPARED = ("teacher", "student")
+
+
+def harness_settings(cfg) -> Any:
+    from kd2deploy.bench.harness import HarnessSettings
+
+    return HarnessSettings(
+        intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
+        graph_optimization=cfg.graph_optimization, warmup_s=cfg.warmup_s, warmup_runs=cfg.warmup_runs,
+        min_duration_s=cfg.min_duration_s, min_runs=cfg.min_runs, rounds=cfg.rounds,
+    )
+
+
+def _inputs(run, batch_sizes) -> dict[int, np.ndarray]:
+    """Prebuilt batches of real test inputs (rows repeat when a batch exceeds the test split)."""
+    from kd2deploy.bench.harness import batch_inputs
+
+    return {b: batch_inputs(run.data.x_test, b) for b in batch_sizes}
+
+
+def _runners(run, settings, inputs) -> tuple[dict[str, dict[int, Any]], dict[str, Any], list[dict]]:
+    """Runners per (model label, batch size) for every configured backend; skipped backends with reasons."""
+    from kd2deploy.bench.backends import BACKENDS
+
+    cfg = run.cfg.benchmark
+    runners: dict[str, dict[int, Any]] = {}
+    setup: dict[str, Any] = {}
+    skipped: list[dict] = []
+    for backend_name in cfg.backends:
+        backend = BACKENDS.get(backend_name)
+        ok, reason = backend.available()
+        if not ok:
+            if cfg.required:
+                raise StageError(f"benchmark.backends: {backend_name} is unavailable here: {reason}")
+            skipped.append({"backend": backend_name, "reason": reason})
+            ui.warn(f"benchmark: skipped {backend_name}: {reason}")
+            continue
+        for model in COMPARED:
+            label = model if backend_name == "onnxruntime-cpu" else f"{model}@{backend_name}"
+            loaded = backend.load(run.onnx[model], settings, batch_sizes=tuple(inputs))
+            runners[label] = {b: loaded.runner(x) for b, x in inputs.items()}
+            setup[label] = {"backend": backend_name, "model": model, "setup_s": loaded.setup_s, **loaded.info}
+    if cfg.torch_baseline:
+        label = "teacher@torch-eager-cpu"
+        loaded = BACKENDS.get("torch-eager-cpu").load(run.teacher, settings, batch_sizes=tuple(inputs))
+        runners[label] = {b: loaded.runner(x) for b, x in inputs.items()}
+        setup[label] = {"backend": "torch-eager-cpu", "model": "teacher", "setup_s": loaded.setup_s, **loaded.info}
+    return runners, setup, skipped
+
+
+def benchmark_models(run, progress) -> dict[str, Any]:
+    """Latency of teacher and student, interleaved round by round, at every configured batch size."""
+    from kd2deploy.bench.flops import count_flops
+    from kd2deploy.bench.harness import count_windows, measure, peak_flops_probe, ratios, strip_samples
+
+    cfg = run.cfg.benchmark
+    settings = harness_settings(cfg)
+    inputs = _inputs(run, cfg.batch_sizes)
+    runners, setup, skipped = _runners(run, settings, inputs)
+    task = progress.add_task("benchmark", total=count_windows(runners, settings), info="")
+    results = measure(runners, settings, keep_samples=True,
+                      progress=lambda label: progress.update(task, advance=1, info=label))
+    pairs = [("teacher", "student")]
+    if "teacher@torch-eager-cpu" in runners:
+        pairs.append(("teacher@torch-eager-cpu", "student"))
+    ratio_rows = []
+    for num, den in pairs:
+        for r in ratios(results, num, den, bootstrap=settings.bootstrap, seed=settings.seed):
+            ratio_rows.append({"numerator": num, "denominator": den, **r})
+    peak = peak_flops_probe()
+    import torch
+
+    example = torch.from_numpy(run.data.x_test[:1].copy())
+    models = {}
+    for name, module in (("teacher", run.teacher), ("student", run.student)):
+        flops = count_flops(module, example)
+        models[name] = {
+            "params": sum(p.numel() for p in module.parameters()),
+            "flops_per_sample": flops,
+            "size_bytes": run.onnx[name].stat().st_size,
+            "floor_us": flops / peak * 1e6 if peak else None,
+        }
+    warnings = [f"benchmark window of {r['model']} at batch {r['batch_size']} was cut short"
+                for r in results if r.get("window_short")]
+    run.results["warnings"].extend(warnings)
+    p50 = {(r["model"], r["batch_size"]): r["p50_us"] for r in results}
+    b0 = cfg.batch_sizes[0]
+    ui.step(f"benchmark (onnxruntime CPU, {cfg.intra_op_threads} thread(s), batch {b0}, p50): "
+            f"teacher {p50[('teacher', b0)]:.1f} µs, student {p50[('student', b0)]:.1f} µs")
+    return {
+        "settings": {**settings.__dict__, "backends": cfg.backends, "torch_baseline": cfg.torch_baseline,
+                     "batch_sizes": cfg.batch_sizes, "percentiles": [50, 90, 99],
+                     "timer": "time.perf_counter_ns around each run call",
+                     "inputs": "real test-split samples, prebuilt"},
+        "setup": setup,
+        "skipped": skipped,
+        "results": strip_samples(results),
+        "ratios": ratio_rows,
+        "models": models,
+        "peak_flops_per_s": peak,
+        "peak_flops_method": "float32 256x256 numpy matmul, this process's BLAS threads",
+    }
+
+
+def inference_energy(run, progress) -> dict[str, Any]:
+    """Energy per inference of teacher and student (onnxruntime CPU), with an idle baseline."""
+    from kd2deploy.bench.harness import batch_inputs, create_ort_session, ort_runner
+    from kd2deploy.energy.meter import measure_inference_energy
+
+    cfg = run.cfg.energy
+    if not cfg.enabled:
+        return {"enabled": False}
+    settings = harness_settings(run.cfg.benchmark)
+    x = batch_inputs(run.data.x_test, cfg.batch_size)
+    runners = {}
+    for name in COMPARED:
+        session, _ = create_ort_session(run.onnx[name], settings)
+        runners[name] = (ort_runner(session, x), cfg.batch_size)
+    n_windows = (len(runners) + int(cfg.idle_baseline)) * cfg.repeats
+    task = progress.add_task("energy windows", total=n_windows, info="")
+    res = measure_inference_energy(
+        run.meter, runners, cfg.window_s, cfg.repeats, idle=cfg.idle_baseline,
+        progress=lambda done, total, label: progress.update(task, completed=done, info=label),
+    )
+    m = res["models"]
+
+    def ratio(key: str) -> float | None:
+        t, s = ((m[n].get(key) or {}).get("mean") for n in COMPARED)
+        return t / s if t is not None and s is not None and t > 0 and s > 0 else None
+
+    res["ratio_gross"] = ratio("j_per_inference_gross")
+    res["ratio_active"] = ratio("j_per_inference_active")
+    if cfg.idle_baseline and res["ratio_active"] is None:
+        run.results["warnings"].append(
+            "idle-subtracted (active) energy per inference was not above the idle baseline for every model "
+            f"(windows of {cfg.window_s:g} s x {cfg.repeats}); the headline uses gross energy. Lengthen "
+            "energy.window_s or energy.repeats to resolve it.")
+    res["training"] = [r.as_dict() for r in run.meter.records if r.label.startswith("train:")]
+    if res["label"] == "modelled":
+        run.results["warnings"].append(
+            "energy figures are modelled, not measured: " + res["explanation"])
+    basis = "active" if res["ratio_active"] else "gross"
+    ratio_v = res["ratio_active"] or res["ratio_gross"]
+    ui.step(f"energy ({res['label']}, {basis}): teacher/student energy per inference "
+            + (f"{ratio_v:.1f}x" if ratio_v else "not resolvable") + f" (batch {cfg.batch_size})")
+    return res

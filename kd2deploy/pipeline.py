@@ -1,0 +1,409 @@
+"""Runs a pipeline over a run folder: data -> teacher -> students -> export -> benchmark -> energy -> report.
+
+Every stage is a function of a :class:`Run`; each writes its part of ``results`` (the future results.json) and
+its files into the run folder. ``run_pipeline`` is the Python API behind ``kd2deploy run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kd2deploy import __version__, ui
+from kd2deploy.config import PipelineConfig
+from kd2deploy.errors import ConfigError, StageError
+from kd2deploy.rundir import new_run_dir, save_torch_atomic, write_atomic, write_json
+
+log = logging.getLogger("kd2deploy")
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+@dataclass
+class Run:
+    """State shared by the stages of one run."""
+
+    cfg: PipelineConfig
+    dir: Path
+    source: Path | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    data: Any = None
+    tensors: tuple = ()
+    teacher: Any = None
+    student: Any = None
+    scratch: Any = None
+    onnx: dict[str, Path] = field(default_factory=dict)
+    meter: Any = None
+
+    def path(self, *parts: str) -> Path:
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+# ------------------------------------------------------------------------------------------- stages
+def stage_data(run: Run) -> None:
+    from kd2deploy.data import load_data
+    from kd2deploy.distill.train import to_tensors
+
+    d = load_data(run.cfg.data, run.cfg.seed)
+    run.data = d
+    run.tensors = tuple(to_tensors(d.x_train, d.y_train, d.x_val, d.y_val, d.x_test, d.y_test))
+    run.results["data"] = d.summary()
+    ui.step(f"data: {d.description} — train {len(d.y_train)}, val {len(d.y_val)}, test {len(d.y_test)}")
+
+
+def _wrap(model, run: Run):
+    from kd2deploy.models.nets import Standardized
+
+    if run.cfg.data.standardize:
+        x = run.data.x_train
+        return Standardized(model, float(x.mean()), float(x.std()) or 1.0)
+    return Standardized(model, 0.0, 1.0)
+
+
+def _build(run: Run, role: str):
+    from kd2deploy.models import build_model
+
+    spec = getattr(run.cfg, role)
+    return build_model(spec.arch, run.data.input_shape, run.data.num_classes, spec.kwargs, role)
+
+
+def _check_logits(model, run: Run, role: str) -> None:
+    import torch
+
+    with torch.inference_mode():
+        model.eval()
+        out = model(run.tensors[0][:2])
+    if out.ndim != 2 or out.shape[1] != run.data.num_classes:
+        raise ConfigError(
+            f"{role}.arch {getattr(run.cfg, role).arch!r}: the model outputs shape {tuple(out.shape)}, but the data "
+            f"has {run.data.num_classes} classes; expected (batch, {run.data.num_classes})"
+        )
+
+
+def _load_checkpoint(model, path: Path) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign file
+        raise ConfigError(f"{path}: teacher.checkpoint is not a readable PyTorch state_dict ({type(e).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: teacher.checkpoint holds a {type(state).__name__}, expected a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ConfigError(
+            f"{path}: teacher.checkpoint does not fit teacher.arch (e.g. a different number of classes): {first}"
+        ) from None
+
+
+def stage_teacher(run: Run, progress) -> None:
+    import torch
+
+    from kd2deploy.distill.train import evaluate, fit
+    from kd2deploy.models.nets import count_params
+
+    cfg = run.cfg.teacher
+    torch.manual_seed(run.cfg.seed)
+    inner = _build(run, "teacher")
+    x_tr, y_tr, x_va, y_va, x_te, y_te = run.tensors
+    record: dict[str, Any] = {"arch": cfg.arch, "params": count_params(inner)}
+    if cfg.checkpoint is not None:
+        _load_checkpoint(inner, cfg.checkpoint)
+        teacher = _wrap(inner, run)
+        _check_logits(teacher, run, "teacher")
+        record.update(source="checkpoint", checkpoint=str(cfg.checkpoint), curve=[])
+    else:
+        teacher = _wrap(inner, run)
+        _check_logits(teacher, run, "teacher")
+        task = progress.add_task("teacher", total=cfg.train.epochs, info="")
+        with run.meter.track("train:teacher") as energy:
+            hist = fit(teacher, x_tr, y_tr, x_va, y_va, cfg.train, run.cfg.seed, name="teacher",
+                       on_epoch=lambda e, m: progress.update(task, advance=1, info=f"val acc {m['val_acc']:.3f}"))
+        record.update(source="trained", curve=hist.epochs, train_time_s=hist.train_time_s, energy=energy.as_dict())
+    save_torch_atomic(inner.state_dict(), run.path("checkpoints", "teacher.pt"))
+    record["test_accuracy_torch"] = evaluate(teacher, x_te, y_te)["acc"]
+    record["val_accuracy_torch"] = evaluate(teacher, x_va, y_va)["acc"]
+    run.teacher = teacher
+    run.results.setdefault("models", {})["teacher"] = record
+    ui.step(f"teacher {cfg.arch} ({record['params']:,} params, {record['source']}): "
+            f"test acc {record['test_accuracy_torch']:.2%}")
+
+
+def _arms(run: Run):
+    from kd2deploy.distill.arms import Arm
+
+    d = run.cfg.distill
+    arms = []
+    for seed in d.seeds:
+        arms.append(Arm("kd", seed, loss=d.loss, temperature=d.temperature, alpha=d.alpha))
+        if "scratch" in d.controls:
+            arms.append(Arm("scratch", seed))
+        if "label_smoothing" in d.controls:
+            arms.append(Arm("label_smoothing", seed, label_smoothing=d.control_label_smoothing))
+    return arms
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def stage_students(run: Run, progress) -> None:
+    from kd2deploy.distill.arms import train_arms
+    from kd2deploy.distill.train import evaluate, predict
+    from kd2deploy.models.nets import count_params
+
+    try:
+        from kd2deploy.distill.batched import train_arms_batched as trainer
+    except ImportError:  # pragma: no cover - the batched trainer is optional
+        trainer = train_arms
+    cfg = run.cfg.distill
+    x_tr, y_tr, x_va, y_va, x_te, y_te = run.tensors
+    teacher_logits = predict(run.teacher, x_tr)
+    arms = _arms(run)
+    _check_logits(_wrap(_build(run, "student"), run), run, "student")
+    tasks = {arm.key: progress.add_task(f"student {arm.key}", total=cfg.train.epochs, info="") for arm in arms}
+
+    def on_epoch(arm, epoch, m):
+        progress.update(tasks[arm.key], advance=1, info=f"val acc {m['val_acc']:.3f}")
+
+    with run.meter.track("train:students") as energy:
+        trained = trainer(lambda: _wrap(_build(run, "student"), run), arms, (x_tr, y_tr, x_va, y_va),
+                          teacher_logits, cfg.train, on_epoch=on_epoch)
+    per_seed: dict[int, dict[str, Any]] = {}
+    by_arm: dict[str, list[float]] = {}
+    models = {}
+    for arm, (model, hist) in zip(arms, trained, strict=True):
+        test_acc = evaluate(model, x_te, y_te)["acc"]
+        val_acc = evaluate(model, x_va, y_va)["acc"]
+        per_seed.setdefault(arm.seed, {"seed": arm.seed})[arm.name] = {
+            "test_accuracy": test_acc, "val_accuracy": val_acc, "train_time_s": hist.train_time_s, "curve": hist.epochs
+        }
+        by_arm.setdefault(arm.name, []).append(test_acc)
+        models[arm.key] = model
+        save_torch_atomic(model.model.state_dict(), run.path("checkpoints", f"student_{arm.name}_seed{arm.seed}.pt"))
+    # The shipped student: the KD seed with the best validation accuracy (never chosen on test).
+    best_seed = max(cfg.seeds, key=lambda s: (per_seed[s]["kd"]["val_accuracy"], -cfg.seeds.index(s)))
+    run.student = models[f"kd/seed{best_seed}"]
+    run.scratch = models.get(f"scratch/seed{best_seed}")
+    teacher_acc = run.results["models"]["teacher"]["test_accuracy_torch"]
+    summary = {name: _mean_sd(v) for name, v in by_arm.items()}
+    gap = None
+    if "scratch" in summary and teacher_acc - summary["scratch"]["mean"] > 1e-9:
+        gap = (summary["kd"]["mean"] - summary["scratch"]["mean"]) / (teacher_acc - summary["scratch"]["mean"])
+    run.results["distill"] = {
+        "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha, "seeds": cfg.seeds,
+        "arms": sorted(by_arm), "per_seed": [per_seed[s] for s in cfg.seeds], "summary": summary,
+        "gap_closed": gap, "shipped_seed": best_seed, "energy": energy.as_dict(),
+        "student_arch": run.cfg.student.arch, "student_params": count_params(run.student.model),
+        "selection": "KD seed with the highest validation accuracy",
+    }
+    line = ", ".join(f"{k} {v['mean']:.2%} ± {v['sd']:.2%}" for k, v in summary.items())
+    ui.step(f"students ({len(cfg.seeds)} seed(s)): {line}" + (f"; gap closed {gap:.0%}" if gap is not None else ""))
+
+
+def stage_export(run: Run) -> None:
+    from kd2deploy.export.onnx_export import export_onnx
+
+    d = run.data
+    todo = {"teacher": run.teacher, "student": run.student}
+    if run.scratch is not None:
+        todo["student_scratch"] = run.scratch
+    exported = {}
+    for name, model in todo.items():
+        res = export_onnx(model, d.x_test, d.y_test, run.path("models", f"{name}.onnx"), run.cfg.export, name)
+        run.onnx[name] = res.path
+        exported[name] = res.as_dict()
+    run.results["export"] = exported
+    ui.step("export: " + ", ".join(
+        f"{n} max|Δ| {e['parity']['max_abs_diff']:.1e}, ORT acc {e['parity']['accuracy_onnx']:.2%}"
+        for n, e in exported.items()))
+
+
+def stage_benchmark(run: Run, progress) -> None:
+    from kd2deploy.bench.pipeline_bench import benchmark_models
+
+    run.results["benchmark"] = benchmark_models(run, progress)
+
+
+def stage_energy(run: Run, progress) -> None:
+    from kd2deploy.bench.pipeline_bench import inference_energy
+
+    run.results["energy"] = inference_energy(run, progress)
+
+
+def stage_report(run: Run) -> None:
+    from kd2deploy.report import write_reports
+
+    write_reports(run.results, run.dir, run.cfg.report.formats)
+
+
+# ------------------------------------------------------------------------------------------- driver
+def environment() -> dict[str, Any]:
+    """Versions, CPU and threads: what a reader needs to judge the numbers."""
+    import os
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    pkgs = {}
+    for name in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "scikit-learn", "codecarbon", "pydantic"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                check=False).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    import torch
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+        "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "packages": pkgs,
+        "kd2deploy": __version__, "git_commit": commit,
+    }
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | None = None) -> Run:
+    """Runs every stage of ``cfg`` into a new folder under ``out``; returns the finished :class:`Run`."""
+    from kd2deploy.energy.meter import EnergyMeter
+
+    t0 = time.perf_counter()
+    run_dir = new_run_dir(Path(out), cfg.name)
+    handler = _setup_logging(run_dir)
+    run = Run(cfg=cfg, dir=run_dir, source=source)
+    write_atomic(run.path("config.yaml"), _yaml(cfg.resolved()))
+    if source is not None:
+        shutil.copyfile(source, run.path("pipeline.yaml"))
+    run.results.update(
+        schema_version=RESULTS_SCHEMA_VERSION, kd2deploy_version=__version__,
+        pipeline={"name": cfg.name, "file": str(source) if source else None, "config_hash": cfg.config_hash(),
+                  "resolved": cfg.resolved()},
+        run={"dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        environment=environment(), warnings=[],
+    )
+    ui.console.print(f"[bold]kd2deploy {__version__}[/bold] — pipeline [cyan]{cfg.name}[/cyan] → {run_dir}")
+    log.info("run %s started, config hash %s", run_dir, cfg.config_hash())
+    run.meter = EnergyMeter.from_config(cfg.energy, run.path("energy"), project=cfg.name)
+    stages_t: dict[str, float] = {}
+    try:
+        with ui.progress() as progress:
+            for name, fn, needs_progress in (
+                ("data", stage_data, False), ("teacher", stage_teacher, True), ("students", stage_students, True),
+                ("export", stage_export, False), ("benchmark", stage_benchmark, True), ("energy", stage_energy, True),
+            ):
+                ts = time.perf_counter()
+                log.info("stage %s started", name)
+                fn(run, progress) if needs_progress else fn(run)
+                stages_t[name] = time.perf_counter() - ts
+                log.info("stage %s finished in %.1f s", name, stages_t[name])
+        run.results["run"].update(
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            wall_s=time.perf_counter() - t0, stage_wall_s=stages_t,
+        )
+        run.results["headline"] = headline(run.results)
+        stage_report(run)
+        run.results["run"]["wall_s"] = time.perf_counter() - t0
+        write_json(run.path("results.json"), run.results)
+    except (StageError, ConfigError) as e:
+        log.error("%s", e)
+        write_json(run.path("results.partial.json"), run.results)
+        raise
+    finally:
+        run.meter.close()
+        log.removeHandler(handler)
+        handler.close()
+    return run
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the report leads with: speed-up and energy ratio of the student, and its accuracy cost."""
+    exp = results.get("export", {})
+    t_acc = exp.get("teacher", {}).get("parity", {}).get("accuracy_onnx")
+    s_acc = exp.get("student", {}).get("parity", {}).get("accuracy_onnx")
+    out: dict[str, Any] = {
+        "teacher_accuracy": t_acc, "student_accuracy": s_acc,
+        "accuracy_delta_pp": None if t_acc is None or s_acc is None else 100.0 * (s_acc - t_acc),
+    }
+    bench = results.get("benchmark", {})
+    for r in bench.get("ratios", []):
+        if r.get("numerator") == "teacher" and r.get("denominator") == "student":
+            out.setdefault("speedup_p50", {})[str(r["batch_size"])] = r
+    b1 = out.get("speedup_p50", {}).get("1") or next(iter(out.get("speedup_p50", {}).values()), None)
+    out["speedup_p50_batch"] = b1["batch_size"] if b1 else None
+    out["speedup_p50_ratio"] = b1["ratio_p50"] if b1 else None
+    energy = results.get("energy", {})
+    out["energy_basis"] = "active" if energy.get("ratio_active") else "gross"
+    out["energy_ratio"] = energy.get("ratio_active") or energy.get("ratio_gross")
+    out["energy_label"] = energy.get("label")
+    parts = []
+    if out["speedup_p50_ratio"]:
+        parts.append(f"{out['speedup_p50_ratio']:.1f}x faster p50 at batch {out['speedup_p50_batch']}")
+    if out["energy_ratio"]:
+        parts.append(f"{out['energy_ratio']:.1f}x less energy per inference "
+                     f"({out['energy_label']}, {out['energy_basis']})")
+    if out["accuracy_delta_pp"] is not None:
+        parts.append(f"accuracy {out['accuracy_delta_pp']:+.2f} pp")
+    out["text"] = "student: " + ", ".join(parts) if parts else "no comparison available"
+    return out
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows of the terminal summary table: model, params, ONNX accuracy, p50 per batch size, energy."""
+    rows = []
+    lat = {(r["model"], r["batch_size"]): r for r in results.get("benchmark", {}).get("results", [])}
+    batches = sorted({b for _, b in lat})
+    energy = results.get("energy", {}).get("models", {})
+    for name, e in results.get("export", {}).items():
+        params = (results["models"]["teacher"]["params"] if name == "teacher"
+                  else results.get("distill", {}).get("student_params"))
+        cells = [name, f"{params:,}" if params else "", f"{e['parity']['accuracy_onnx']:.2%}"]
+        cells += [f"{lat[(name, b)]['p50_us']:.1f}" if (name, b) in lat else "–" for b in batches]
+        ej = energy.get(name, {}).get("j_per_inference_active", {}).get("mean")
+        cells.append(f"{ej * 1e3:.3f}" if ej is not None else "–")
+        rows.append(tuple(cells))
+    return rows
+
+
+def _np_default(o: Any) -> Any:  # pragma: no cover - json fallback
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o))

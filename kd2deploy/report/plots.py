@@ -1,0 +1,152 @@
+"""Report figures, rendered with matplotlib (Agg) to PNG bytes for embedding as data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "kd": "#dd8452", "scratch": "#8c8c8c",
+          "label_smoothing": "#55a868", "teacher@torch-eager-cpu": "#937860"}
+
+
+def _fig(w: float = 6.4, h: float = 3.6):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(w, h), dpi=110)
+    return fig, ax
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def latency_plot(bench: dict[str, Any]) -> str | None:
+    """p50 bars with p90 / p99 whiskers per model and batch size (log scale)."""
+    rows = bench.get("results") or []
+    if not rows:
+        return None
+    import numpy as np
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    batches = sorted({r["batch_size"] for r in rows})
+    fig, ax = _fig()
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        xs, p50, p90, p99 = [], [], [], []
+        for j, b in enumerate(batches):
+            r = next((r for r in rows if r["model"] == m and r["batch_size"] == b), None)
+            if r:
+                xs.append(j + (i - (len(models) - 1) / 2) * width)
+                p50.append(r["p50_us"])
+                p90.append(r["p90_us"])
+                p99.append(r["p99_us"])
+        ax.bar(xs, p50, width * 0.9, label=m, color=COLORS.get(m))
+        ax.errorbar(xs, p50, yerr=[np.zeros(len(p50)), np.array(p99) - np.array(p50)], fmt="none", ecolor="k",
+                    capsize=3, lw=0.8)
+        ax.scatter(xs, p90, marker="_", color="k", s=60, zorder=3)
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per call (µs, log)")
+    ax.set_title("Latency: bar p50, tick p90, whisker p99")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def throughput_plot(bench: dict[str, Any]) -> str | None:
+    rows = bench.get("results") or []
+    batches = sorted({r["batch_size"] for r in rows})
+    if len(batches) < 2:
+        return None
+    fig, ax = _fig()
+    for m in dict.fromkeys(r["model"] for r in rows):
+        pts = sorted((r["batch_size"], r["throughput_sps"]) for r in rows if r["model"] == m)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m, color=COLORS.get(m))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("samples / s (from mean latency)")
+    ax.set_title("Throughput vs batch size")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def curves_plot(results: dict[str, Any]) -> str | None:
+    """Validation accuracy per epoch: every seed thin, the mean of each arm thick; teacher's test line."""
+    per_seed = results.get("distill", {}).get("per_seed") or []
+    if not per_seed:
+        return None
+    import numpy as np
+
+    fig, ax = _fig()
+    arms = [a for a in ("kd", "scratch", "label_smoothing") if a in per_seed[0]]
+    for arm in arms:
+        curves = [np.array([e["val_acc"] for e in s[arm]["curve"]]) for s in per_seed if s.get(arm, {}).get("curve")]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        stack = np.stack([c[:n] for c in curves])
+        epochs = np.arange(1, n + 1)
+        for c in stack:
+            ax.plot(epochs, c, color=COLORS.get(arm), alpha=0.2, lw=0.7)
+        ax.plot(epochs, stack.mean(0), color=COLORS.get(arm), lw=2, label=f"{arm} (mean of {len(stack)})")
+    t = results.get("models", {}).get("teacher", {}).get("val_accuracy_torch")
+    if t:
+        ax.axhline(t, color=COLORS["teacher"], ls="--", lw=1, label="teacher (val)")
+    ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Training curves: KD vs controls")
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def tradeoff_plot(points: list[dict[str, Any]], x_key: str, x_label: str, title: str) -> str | None:
+    """Accuracy vs cost scatter; the Pareto front (lower cost, higher accuracy) is joined by a line."""
+    pts = [p for p in points if p.get(x_key) and p.get("accuracy") is not None]
+    if len(pts) < 2:
+        return None
+    fig, ax = _fig()
+    for p in pts:
+        ax.scatter(p[x_key], 100 * p["accuracy"], s=50, color=COLORS.get(p["name"].split("@")[0], "#333"), zorder=3)
+        ax.annotate(p["name"], (p[x_key], 100 * p["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front, best = [], -1.0
+    for p in sorted(pts, key=lambda p: (p[x_key], -p["accuracy"])):
+        if p["accuracy"] > best:
+            front.append(p)
+            best = p["accuracy"]
+    ax.plot([p[x_key] for p in front], [100 * p["accuracy"] for p in front], "k--", lw=0.8, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def energy_plot(energy: dict[str, Any]) -> str | None:
+    models = energy.get("models") or {}
+    if not models:
+        return None
+    fig, ax = _fig()
+    names = list(models)
+    gross = [1e3 * models[n]["j_per_inference_gross"]["mean"] for n in names]
+    active = [1e3 * ((models[n].get("j_per_inference_active") or {}).get("mean") or 0.0) for n in names]
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], gross, 0.4, label="gross", color="#bbbbbb")
+    ax.bar([x + 0.2 for x in xs], active, 0.4, label="active (idle subtracted)", color=[COLORS.get(n) for n in names])
+    ax.set_xticks(list(xs), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("mJ per inference (log)")
+    ax.set_title(f"Energy per inference — {energy.get('label', '?')} (batch {models[names[0]]['batch_size']})")
+    ax.legend(fontsize=8)
+    return _png(fig)

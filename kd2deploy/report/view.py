@@ -1,0 +1,158 @@
+"""The report's view of results.json: the headline, the verdict, and the rows of every table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def _get(d: dict, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """Ship the student, or the reasons not to, from the headline and the report's accuracy budget."""
+    h = results.get("headline", {})
+    budget = _get(results, "pipeline", "resolved", "report", "max_accuracy_drop_pp", default=1.0)
+    reasons = []
+    delta = h.get("accuracy_delta_pp")
+    if delta is None:
+        reasons.append("no accuracy comparison")
+    elif delta < -budget:
+        reasons.append(f"accuracy {delta:+.2f} pp exceeds the allowed drop of {budget:g} pp")
+    speed = h.get("speedup_p50_ratio")
+    ci = (_get(h, "speedup_p50", str(h.get("speedup_p50_batch")), "ci95") or [None, None])
+    if speed is None:
+        reasons.append("no latency comparison")
+    elif ci[0] is not None and ci[0] <= 1.0:
+        reasons.append(f"the student is not reliably faster (p50 ratio {speed:.2f}x, 95 % CI {ci[0]:.2f}–{ci[1]:.2f})")
+    ship = not reasons
+    return {"ship": ship, "text": ("Ship the student: " if ship else "Do not ship yet: ")
+            + (h.get("text", "").removeprefix("student: ") if ship else "; ".join(reasons))}
+
+
+def _models_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    bench_models = _get(results, "benchmark", "models", default={})
+    lat = {(r["model"], r["batch_size"]): r for r in _get(results, "benchmark", "results", default=[])}
+    for name, exp in results.get("export", {}).items():
+        par = exp["parity"]
+        bm = bench_models.get(name) or bench_models.get("student" if name.startswith("student") else name, {})
+        arch = (results["models"]["teacher"]["arch"] if name == "teacher"
+                else _get(results, "distill", "student_arch"))
+        b1 = lat.get((name, 1)) or next((r for (m, _), r in sorted(lat.items()) if m == name), None)
+        rows.append({
+            "name": name, "arch": arch, "params": bm.get("params"), "flops": bm.get("flops_per_sample"),
+            "size_kb": exp["size_bytes"] / 1024, "acc_torch": par["accuracy_torch"], "acc_onnx": par["accuracy_onnx"],
+            "max_abs_diff": par["max_abs_diff"], "argmax_agreement": par["argmax_agreement"],
+            "sha256": exp["sha256"], "file": exp["path"], "p50": b1["p50_us"] if b1 else None,
+            "p50_batch": b1["batch_size"] if b1 else None, "floor_us": bm.get("floor_us"),
+        })
+    return rows
+
+
+def _distill_rows(results: dict[str, Any]) -> dict[str, Any]:
+    d = results.get("distill") or {}
+    if not d:
+        return {}
+    arms = d.get("arms", [])
+    per_seed = [{"seed": s["seed"], **{a: s.get(a, {}).get("test_accuracy") for a in arms}} for s in d["per_seed"]]
+    summary = [{"arm": a, **d["summary"][a]} for a in ("kd", "scratch", "label_smoothing") if a in d["summary"]]
+    s = d["summary"]
+    beats = {}
+    for ctrl in ("scratch", "label_smoothing"):
+        if ctrl in s and "kd" in s:
+            diff = s["kd"]["mean"] - s[ctrl]["mean"]
+            spread = max(s["kd"]["sd"], s[ctrl]["sd"])
+            beats[ctrl] = {"diff_pp": 100 * diff, "spread_pp": 100 * spread,
+                           "verdict": "beats" if diff > spread else ("loses to" if -diff > spread else "ties with")}
+    times = {}
+    for a in arms:
+        ts = [s.get(a, {}).get("train_time_s") for s in d["per_seed"] if s.get(a, {}).get("train_time_s")]
+        times[a] = sum(ts) / len(ts) if ts else None
+    return {"per_seed": per_seed, "summary": summary, "arms": arms, "gap_closed": d.get("gap_closed"),
+            "beats": beats, "shipped_seed": d.get("shipped_seed"), "selection": d.get("selection"),
+            "temperature": d.get("temperature"), "alpha": d.get("alpha"), "loss": d.get("loss"),
+            "train_time_s": times, "energy": d.get("energy")}
+
+
+def _energy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    e = results.get("energy") or {}
+    rows = []
+    for name, m in (e.get("models") or {}).items():
+        act = m.get("j_per_inference_active") or {}
+        rows.append({
+            "name": name, "label": m.get("label"), "active_label": m.get("active_label"),
+            "batch": m.get("batch_size"), "windows": m.get("windows"), "window_s": m.get("window_s"),
+            "gross_mj": 1e3 * m["j_per_inference_gross"]["mean"],
+            "gross_sd_mj": 1e3 * (m["j_per_inference_gross"].get("sd") or 0.0),
+            "active_mj": None if act.get("mean") is None else 1e3 * act["mean"],
+            "active_sd_mj": None if act.get("sd") is None else 1e3 * act["sd"],
+            "kwh_per_m": _get(m, "per_million_active", "kwh") or _get(m, "per_million_gross", "kwh"),
+            "g_per_m": _get(m, "per_million_active", "g_co2e") or _get(m, "per_million_gross", "g_co2e"),
+            "power_w": m.get("mean_power_w"),
+        })
+    return rows
+
+
+def _tradeoff_points(results: dict[str, Any]) -> list[dict[str, Any]]:
+    lat = {(r["model"], r["batch_size"]): r["p50_us"] for r in _get(results, "benchmark", "results", default=[])}
+    energy = _get(results, "energy", "models", default={})
+    b = min((bs for _, bs in lat), default=None)
+    pts = []
+    for name, exp in results.get("export", {}).items():
+        bench_name = "student" if name == "student_scratch" else name
+        em = energy.get(bench_name, {})
+        pts.append({"name": name, "accuracy": exp["parity"]["accuracy_onnx"], "latency_us": lat.get((bench_name, b)),
+                    "energy_mj": 1e3 * ((em.get("j_per_inference_active") or em.get("j_per_inference_gross") or {})
+                                        .get("mean") or 0) or None})
+    eager = lat.get(("teacher@torch-eager-cpu", b))
+    if eager and "teacher" in results.get("export", {}):
+        pts.append({"name": "teacher@torch-eager-cpu", "accuracy": results["export"]["teacher"]["parity"]["accuracy_torch"],
+                    "latency_us": eager, "energy_mj": None})
+    return pts
+
+
+def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
+    """Everything the templates show, computed once."""
+    from kd2deploy.report import plots
+
+    bench = results.get("benchmark") or {}
+    energy = results.get("energy") or {}
+    points = _tradeoff_points(results)
+    b = min((r["batch_size"] for r in bench.get("results", [])), default=1)
+    view = {
+        "r": results,
+        "headline": results.get("headline", {}),
+        "verdict": verdict(results),
+        "models": _models_rows(results),
+        "latency": bench.get("results", []),
+        "ratios": bench.get("ratios", []),
+        "bench_settings": bench.get("settings", {}),
+        "skipped": bench.get("skipped", []),
+        "distill": _distill_rows(results),
+        "energy": energy,
+        "energy_rows": _energy_rows(results),
+        "training_energy": energy.get("training", []),
+        "warnings": results.get("warnings", []),
+        "env": results.get("environment", {}),
+        "config_yaml": yaml.safe_dump(_get(results, "pipeline", "resolved", default={}), sort_keys=False),
+        "plots": {},
+    }
+    if with_plots:
+        view["plots"] = {k: v for k, v in {
+            "tradeoff_latency": plots.tradeoff_plot(points, "latency_us", f"p50 latency at batch {b} (µs, log)",
+                                                    "Accuracy vs latency"),
+            "tradeoff_energy": plots.tradeoff_plot(points, "energy_mj", "energy per inference (mJ, log)",
+                                                   "Accuracy vs energy"),
+            "latency": plots.latency_plot(bench),
+            "throughput": plots.throughput_plot(bench),
+            "curves": plots.curves_plot(results),
+            "energy": plots.energy_plot(energy),
+        }.items() if v}
+    return view

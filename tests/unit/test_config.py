@@ -1,0 +1,119 @@
+"""The pipeline schema: defaults, line-numbered errors, overrides, and every shipped pipeline validates."""
+
+from __future__ import annotations
+
+import pytest
+
+from kd2deploy.config import PipelineConfig, load_config, parse_override
+from kd2deploy.errors import ConfigError
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_validates(path):
+    cfg = load_config(path)
+    assert cfg.version == 1
+
+
+def test_defaults_live_in_schema():
+    cfg = PipelineConfig()
+    assert cfg.distill.temperature == 4.0 and cfg.distill.alpha == 0.9
+    assert cfg.benchmark.intra_op_threads == 1
+    assert cfg.config_hash() == PipelineConfig().config_hash()
+
+
+def test_misspelled_key_names_line_column_and_suggests(write_pipeline):
+    p = write_pipeline("version: 1\ndistill:\n  temprature: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:3:3 distill.temprature: unknown key 'temprature'")
+    assert "did you mean 'temperature'" in msg and "allowed: alpha," in msg
+
+
+def test_wrong_type_names_line_and_value(write_pipeline):
+    p = write_pipeline("version: 1\nbenchmark:\n  batch_sizes: [1, many]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:3:20 benchmark.batch_sizes.1:")
+    assert "'many'" in str(e.value)
+
+
+def test_literal_lists_allowed_values(write_pipeline):
+    p = write_pipeline("benchmark:\n  graph_optimization: max\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "'max' is not allowed" in str(e.value) and "'extended'" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("distill:\n  temperature: -1\n", "distill.temperature"),
+        ("distill:\n  alpha: 1.5\n", "distill.alpha"),
+        ("distill:\n  train:\n    batch_size: 0\n", "distill.train.batch_size"),
+        ("version: 2\n", "version"),
+    ],
+)
+def test_out_of_range_values(write_pipeline, text, where):
+    p = write_pipeline(text)
+    with pytest.raises(ConfigError, match=where):
+        load_config(p)
+
+
+def test_missing_file_is_reported_with_its_field(write_pipeline, tmp_path):
+    p = write_pipeline("data:\n  source: npz\n  path: nowhere.npz\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"{p}:3:9 data.path: file not found: {tmp_path / 'nowhere.npz'}" == str(e.value)
+
+
+def test_unknown_names_list_valid_ones(write_pipeline):
+    for text, names in [
+        ("student:\n  arch: resnet9000\n", "cnn-tiny"),
+        ("distill:\n  loss: magic\n", "hinton"),
+        ("data:\n  source: imagenet\n", "sklearn-digits"),
+    ]:
+        with pytest.raises(ConfigError, match=f"valid names: .*{names}"):
+            load_config(write_pipeline(text))
+
+
+def test_yaml_syntax_error_has_position(write_pipeline):
+    p = write_pipeline("distill:\n  seeds: [0, 1\n")
+    with pytest.raises(ConfigError, match=rf"{p}:\d+:\d+: YAML syntax error"):
+        load_config(p)
+
+
+def test_only_first_error_is_reported_with_a_count(write_pipeline):
+    p = write_pipeline("distill:\n  alpha: 2\n  temperature: 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "distill.alpha" in str(e.value) and "(and 1 more error)" in str(e.value)
+
+
+def test_set_overrides_are_validated_too(write_pipeline):
+    p = write_pipeline("version: 1\n")
+    cfg = load_config(p, ["distill.temperature=2", "benchmark.batch_sizes=[1,8]"])
+    assert cfg.distill.temperature == 2.0 and cfg.benchmark.batch_sizes == [1, 8]
+    with pytest.raises(ConfigError, match=r"^--set distill.alpha=3: distill.alpha"):
+        load_config(p, ["distill.alpha=3"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(p, ["distill.alpha"])
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=0.5") == ("a.b", 0.5)
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a=hello") == ("a", "hello")
+
+
+def test_safe_load_rejects_python_tags(write_pipeline):
+    p = write_pipeline("name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_config(p)
+
+
+def test_user_model_file_is_resolved_relative_to_pipeline(write_pipeline, tmp_path):
+    (tmp_path / "net.py").write_text("def build(input_shape, num_classes):\n    pass\n")
+    cfg = load_config(write_pipeline("student:\n  arch: net.py:build\n"))
+    assert cfg.student.arch == f"{tmp_path / 'net.py'}:build"
