@@ -107,6 +107,58 @@ def run(
     console.print(f"wall time: {res['run']['wall_s']:.1f} s")
 
 
+@app.command()
+@handle_errors
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="ONNX files; ratios compare the first with each other.")],
+    batch_sizes: Annotated[list[int], typer.Option("--batch-size", "-b", help="Batch size (repeatable).")] = [1],  # noqa: B006
+    threads: Annotated[int, typer.Option(help="intra-op threads.")] = 1,
+    backend: Annotated[str, typer.Option(help="Backend name.")] = "onnxruntime-cpu",
+    min_duration_s: Annotated[float, typer.Option(help="Least seconds per window.")] = 1.0,
+    min_runs: Annotated[int, typer.Option(help="Least runs per window.")] = 100,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds.")] = 3,
+    inputs: Annotated[Path | None, typer.Option(help=".npy of real inputs (default: seeded random).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON here.")] = None,
+) -> None:
+    """Benchmark any ONNX file(s) with the pipeline's harness; print a table, optionally write JSON."""
+    import numpy as np
+
+    from kd2deploy.bench.api import bench_onnx
+    from kd2deploy.bench.backends import BACKENDS
+    from kd2deploy.bench.harness import HarnessSettings, format_table
+    from kd2deploy.errors import ConfigError
+    from kd2deploy.rundir import write_json
+    from kd2deploy.ui import console
+
+    for m in models:
+        if not m.is_file():
+            raise ConfigError(f"{m}: model file not found")
+    BACKENDS.get(backend)
+    if any(b < 1 for b in batch_sizes):
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_sizes}")
+    x = None
+    if inputs is not None:
+        try:
+            x = np.load(inputs, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"{inputs}: --inputs is not a readable .npy file ({type(e).__name__})") from None
+    try:
+        settings = HarnessSettings(intra_op_threads=threads, min_duration_s=min_duration_s, min_runs=min_runs,
+                                   rounds=rounds)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    res = bench_onnx(models, batch_sizes, settings, backend=backend, inputs=x)
+    console.print(f"{backend}, {threads} intra-op thread(s), per-call latency, {rounds} interleaved rounds")
+    typer.echo(format_table(res["results"]))
+    for r in res["ratios"]:
+        for b in r["per_batch"]:
+            typer.echo(f"p50 {r['numerator']} / {r['denominator']} at batch {b['batch_size']}: "
+                       f"{b['ratio_p50']:.2f}x (95 % CI {b['ci95'][0]:.2f}-{b['ci95'][1]:.2f})")
+    if json_out is not None:
+        write_json(json_out, res)
+        console.print(f"wrote {json_out}")
+
+
 def entry() -> None:  # pragma: no cover - console script shim
     app(prog_name="kd2deploy")
 

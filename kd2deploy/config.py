@@ -326,7 +326,12 @@ def _describe(err: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] in {"literal_error", "enum"}:
         return f"{err['input']!r} is not allowed; {msg.replace('Input should be', 'allowed:')}"
-    if "input" in err and not isinstance(err["input"], dict | list) and err["type"] != "missing":
+    if (
+        "input" in err
+        and not isinstance(err["input"], dict | list)
+        and err["type"] != "missing"
+        and str(err["input"]) not in msg
+    ):
         return f"{msg} (got {err['input']!r})"
     return msg
 

@@ -5,17 +5,19 @@ Interleaves, in one process, windows of ``kd2deploy.bench.harness.measure`` and 
     for _ in range(n):
         t0 = time.perf_counter_ns(); session.run(None, feeds); lat.append(time.perf_counter_ns() - t0)
 
-on the same onnxruntime session and inputs, and prints both p50s and their difference with a bootstrap 95 %
-interval. Without ``--model`` it exports two small CNNs with random weights (a ~227k-parameter teacher and a
+on the same onnxruntime session and inputs, and prints both p50s, their difference with a bootstrap 95 %
+interval, and the spread of the difference over adjacent window pairs (drift on a shared machine shows there).
+A first row times an empty function in place of ``session.run``: the floor both loops add to any call.
+
+Without ``--model`` it exports two small CNNs with random weights (a ~227k-parameter teacher and a
 ~10k-parameter student, 1x8x8 inputs, 10 classes) with ``torch.onnx.export(dynamo=True)``.
 
-    python scripts/bench_overhead.py [--model a.onnx ...] [--batch-sizes 1] [--threads 1] [--pairs 4]
+    python scripts/bench_overhead.py [--model a.onnx ...] [--batch-sizes 1] [--threads 1] [--pairs 6]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -67,9 +69,8 @@ def export_demo_models(out_dir: Path) -> list[Path]:
     return paths
 
 
-def bare_window(session, feeds: dict, n: int, settings: harness.HarnessSettings) -> np.ndarray:
-    """The loop a user would write: same warm-up rule as the harness, then n timed ``session.run`` calls."""
-    run = session.run
+def bare_window(run, feeds: dict, n: int, settings: harness.HarnessSettings) -> np.ndarray:
+    """The loop a user would write: the harness's warm-up rule, then n timed ``run(None, feeds)`` calls."""
     clock = time.perf_counter_ns
     warm_ns = int(settings.warmup_s * 1e9)
     t0 = clock()
@@ -85,55 +86,85 @@ def bare_window(session, feeds: dict, n: int, settings: harness.HarnessSettings)
     return np.asarray(lat, dtype=np.int64)
 
 
+def compare(run, feeds: dict, settings: harness.HarnessSettings, pairs: int) -> dict:
+    """Alternates harness windows (``measure`` on ``lambda: run(None, feeds)``) with bare-loop windows.
+
+    The first harness window only calibrates: the bare loop then makes as many calls as it did.
+    """
+    runner = lambda: run(None, feeds)  # noqa: E731  (what harness.ort_runner builds)
+
+    def via_harness() -> np.ndarray:
+        (res,) = harness.measure({"m": {1: runner}}, settings, keep_samples=True)
+        return res["samples_us"]
+
+    n = via_harness().size
+    h, b = [], []
+    for i in range(pairs):
+        for method in ("harness", "bare") if i % 2 == 0 else ("bare", "harness"):
+            if method == "harness":
+                h.append(via_harness())
+            else:
+                b.append(bare_window(run, feeds, n, settings) / 1e3)
+    paired = [np.median(x) / np.median(y) for x, y in zip(h, b, strict=True)]
+    h_all, b_all = np.concatenate(h), np.concatenate(b)
+    ratio, lo, hi = harness.ratio_ci(h_all, b_all, bootstrap=1000, seed=0)
+    return {
+        "harness_p50": float(np.median(h_all)),
+        "bare_p50": float(np.median(b_all)),
+        "ratio": ratio,
+        "ci": (lo, hi),
+        "paired": (min(paired), float(np.median(paired)), max(paired)),
+        "calls": (h_all.size, b_all.size),
+    }
+
+
+def noop(output_names, feeds):
+    """Stands in for ``session.run``: the two loops then time only themselves."""
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, action="append", help="ONNX file (repeatable); default: demo CNNs")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--pairs", type=int, default=4, help="interleaved (harness, bare) window pairs per model")
-    p.add_argument("--window", type=float, default=1.0, help="seconds per window")
+    p.add_argument("--pairs", type=int, default=6, help="interleaved (harness, bare) window pairs per model")
+    p.add_argument("--window", type=float, default=0.5, help="least seconds per window")
     a = p.parse_args()
 
     import onnxruntime as ort
 
     settings = harness.HarnessSettings(intra_op_threads=a.threads, min_duration_s=a.window, rounds=1)
+    rows = [("no-op", "-", compare(noop, {}, settings, a.pairs))]
     with tempfile.TemporaryDirectory() as tmp:
         paths = a.model or export_demo_models(Path(tmp))
-        rows = []
         for label, path in zip(harness.unique_labels(paths), paths, strict=True):
             session, _ = harness.create_ort_session(path, settings)
             specs = harness.session_input_specs(session)
             for batch in a.batch_sizes:
                 feeds = harness.random_feeds(specs, batch, settings.seed)
-                runner = harness.ort_runner(session, feeds)
-                # calls per bare window: enough for the window's duration, like the harness's stopping rule
-                probe = bare_window(session, feeds, 200, settings)
-                n = max(settings.min_runs, math.ceil(a.window * 1e9 / probe.mean()))
-                via_harness, bare = [], []
-                for i in range(a.pairs):
-                    for method in ("harness", "bare") if i % 2 == 0 else ("bare", "harness"):
-                        if method == "harness":
-                            (res,) = harness.measure({label: {batch: runner}}, settings, keep_samples=True)
-                            via_harness.append(res["samples_us"])
-                        else:
-                            bare.append(bare_window(session, feeds, n, settings) / 1e3)
-                h, b = np.concatenate(via_harness), np.concatenate(bare)
-                ratio, lo, hi = harness.ratio_ci(h, b, bootstrap=1000, seed=0)
-                rows.append((label, batch, np.median(h), np.median(b), ratio, lo, hi, h.size, b.size))
+                rows.append((label, batch, compare(session.run, feeds, settings, a.pairs)))
 
     print(
         f"\nonnxruntime {ort.__version__}, {settings.provider}, "
-        f"intra-op threads {settings.intra_op_threads}, "
-        f"inter-op threads {settings.inter_op_threads}, graph optimisation {settings.graph_optimization}; "
-        f"p50 latency per session.run call, {a.pairs} interleaved window pairs of ~{a.window:g} s per model "
-        f"and batch size (warm-up >= {settings.warmup_s:g} s and >= {settings.warmup_runs} calls per window)"
+        f"intra-op threads {settings.intra_op_threads}, inter-op threads {settings.inter_op_threads}, "
+        f"graph optimisation {settings.graph_optimization}. p50 latency per call, pooled over {a.pairs} "
+        f"interleaved pairs of windows (>= {a.window:g} s each, warm-up >= {settings.warmup_s:g} s and "
+        f">= {settings.warmup_runs} calls); the bare loop makes as many calls as a harness window. "
+        "'no-op' times an empty Python function in place of session.run."
     )
-    head = f"{'model':<10}{'batch':>6}{'harness p50 us':>16}{'bare p50 us':>13}{'difference':>12}  95% CI"
-    print(head)
-    for label, batch, hp50, bp50, ratio, lo, hi, nh, nb in rows:
+    print(
+        f"{'model':<9}{'batch':>6}{'harness p50 us':>16}{'bare p50 us':>13}{'diff':>9}  {'95% CI':<19}"
+        f"{'per-pair diff min/median/max':<31}calls"
+    )
+    for label, batch, r in rows:
+        pct = lambda x: f"{(x - 1) * 100:+.1f}%"  # noqa: E731
+        lo, hi = r["ci"]
+        pmin, pmed, pmax = r["paired"]
         print(
-            f"{label:<10}{batch:>6}{hp50:>16.2f}{bp50:>13.2f}{(ratio - 1) * 100:>+11.1f}%  "
-            f"{(lo - 1) * 100:+.1f}% to {(hi - 1) * 100:+.1f}%   ({nh} vs {nb} calls)"
+            f"{label:<9}{batch:>6}{r['harness_p50']:>16.3f}{r['bare_p50']:>13.3f}{pct(r['ratio']):>9}  "
+            f"{pct(lo) + ' to ' + pct(hi):<19}{pct(pmin) + ' / ' + pct(pmed) + ' / ' + pct(pmax):<31}"
+            f"{r['calls'][0]} / {r['calls'][1]}"
         )
 
 

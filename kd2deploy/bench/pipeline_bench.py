@@ -79,7 +79,7 @@ def benchmark_models(run, progress) -> dict[str, Any]:
     for num, den in pairs:
         for r in ratios(results, num, den, bootstrap=settings.bootstrap, seed=settings.seed):
             ratio_rows.append({"numerator": num, "denominator": den, **r})
-    peak = peak_flops_probe()
+    peak = peak_flops_probe(threads=settings.intra_op_threads)
     import torch
 
     example = torch.from_numpy(run.data.x_test[:1].copy())
@@ -110,7 +110,7 @@ def benchmark_models(run, progress) -> dict[str, Any]:
         "ratios": ratio_rows,
         "models": models,
         "peak_flops_per_s": peak,
-        "peak_flops_method": "float32 256x256 numpy matmul, this process's BLAS threads",
+        "peak_flops_method": f"float32 256x256 numpy matmul, {settings.intra_op_threads} BLAS thread(s)",
     }
 
 

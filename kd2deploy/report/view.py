@@ -45,7 +45,9 @@ def _models_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         bm = bench_models.get(name) or bench_models.get("student" if name.startswith("student") else name, {})
         arch = (results["models"]["teacher"]["arch"] if name == "teacher"
                 else _get(results, "distill", "student_arch"))
-        b1 = lat.get((name, 1)) or next((r for (m, _), r in sorted(lat.items()) if m == name), None)
+        # the scratch control has the student's architecture, hence its latency
+        bench_name = "student" if name == "student_scratch" else name
+        b1 = lat.get((bench_name, 1)) or next((r for (m, _), r in sorted(lat.items()) if m == bench_name), None)
         rows.append({
             "name": name, "arch": arch, "params": bm.get("params"), "flops": bm.get("flops_per_sample"),
             "size_kb": exp["size_bytes"] / 1024, "acc_torch": par["accuracy_torch"], "acc_onnx": par["accuracy_onnx"],
@@ -100,17 +102,22 @@ def _energy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _energy_mj(model: dict[str, Any], basis: str) -> float | None:
+    j = (model.get(f"j_per_inference_{basis}") or {}).get("mean")
+    return 1e3 * j if j and j > 0 else None
+
+
 def _tradeoff_points(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accuracy, latency and energy per exported model; energy on the headline's basis (active or gross)."""
+    basis = _get(results, "headline", "energy_basis", default="gross")
     lat = {(r["model"], r["batch_size"]): r["p50_us"] for r in _get(results, "benchmark", "results", default=[])}
     energy = _get(results, "energy", "models", default={})
     b = min((bs for _, bs in lat), default=None)
     pts = []
     for name, exp in results.get("export", {}).items():
         bench_name = "student" if name == "student_scratch" else name
-        em = energy.get(bench_name, {})
         pts.append({"name": name, "accuracy": exp["parity"]["accuracy_onnx"], "latency_us": lat.get((bench_name, b)),
-                    "energy_mj": 1e3 * ((em.get("j_per_inference_active") or em.get("j_per_inference_gross") or {})
-                                        .get("mean") or 0) or None})
+                    "energy_mj": _energy_mj(energy.get(bench_name, {}), basis)})
     eager = lat.get(("teacher@torch-eager-cpu", b))
     if eager and "teacher" in results.get("export", {}):
         pts.append({"name": "teacher@torch-eager-cpu", "accuracy": results["export"]["teacher"]["parity"]["accuracy_torch"],

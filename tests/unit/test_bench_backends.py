@@ -197,6 +197,12 @@ def test_bench_onnx_returns_a_json_able_report(onnx_files):
     assert [r["batch_size"] for r in ratio["per_batch"]] == [1, 4]
 
 
+def test_bench_onnx_with_given_inputs(onnx_files):
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    doc = bench_onnx(onnx_files[1:], [5], FAST, inputs=x, flops_probe=False)
+    assert doc["ratios"] == [] and doc["results"][0]["batch_size"] == 5 and doc["peak_flops"] is None
+
+
 def test_bench_onnx_errors(onnx_files):
     with pytest.raises(ValueError, match="valid names"):
         bench_onnx(onnx_files, [1], FAST, backend="nope")
