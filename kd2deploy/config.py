@@ -199,7 +199,9 @@ class EnergyConfig(Strict):
     enabled: bool = True
     country_iso_code: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USA"
     measure_power_secs: Annotated[float, Field(ge=1)] = 1.0
-    tracking_mode: Literal["machine", "process"] = "machine"
+    tracking_mode: Literal["machine", "process"] = Field(
+        "process", description="process: this process's CPU share (robust to other load); machine: the whole machine"
+    )
     window_s: Annotated[float, Field(ge=1)] = 3.0
     repeats: PositiveInt = 2
     batch_size: PositiveInt = 1

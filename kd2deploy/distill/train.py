@@ -39,6 +39,15 @@ def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """OneCycleLR with a 10 % warm-up (the "cosine" schedule).
+
+    torch divides by zero when the warm-up is exactly one step (10 steps in all); that case warms up for two.
+    """
+    pct_start = 0.2 if total_steps == 10 else 0.1
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Logits of ``model`` in eval mode over ``x``, in chunks."""
@@ -90,11 +99,7 @@ def fit(
     n = len(y_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    sched = (
-        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-        if cfg.schedule == "cosine"
-        else None
-    )
+    sched = one_cycle(opt, cfg.lr, total) if cfg.schedule == "cosine" else None
     hist = History()
     good_state = {k: v.clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()

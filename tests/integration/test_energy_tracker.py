@@ -87,6 +87,8 @@ def test_real_tracker_window_is_quiet_offline_and_labelled(tmp_path, monkeypatch
     assert rec.energy_kwh > 0 and rec.ram_kwh > 0
     assert rec.energy_kwh == pytest.approx(rec.cpu_kwh + rec.gpu_kwh + rec.ram_kwh)
     assert 1.9 < rec.duration_s <= wall + 0.05
+    # the RAM allowance is constant: its mean power shows an interval counted twice (CodeCarbon's stop() race)
+    assert rec.ram_power_w == pytest.approx(meter.mode_info()["detected"]["ram"]["power_w"], rel=0.02)
     assert rec.mode in ("measured", "modelled")
     mode = meter.mode_info()
     assert mode["label"] == rec.mode and mode["explanation"].endswith(".")
@@ -110,9 +112,10 @@ SCRIPT = textwrap.dedent(
     out = Path(sys.argv[1])
     from kd2deploy.energy.meter import EnergyMeter, measure_inference_energy
 
-    meter = EnergyMeter(out / "energy", measure_power_secs=1)
+    meter = EnergyMeter(out / "energy", measure_power_secs=1, tracking_mode="process")
     runners = {{"big": (lambda: sum(range(20000)), 2), "small": (lambda: None, 1)}}
-    res = measure_inference_energy(meter, runners, window_s=0.6, repeats=1)
+    # windows of whole intervals: where stop() used to race CodeCarbon's timer and count an interval twice
+    res = measure_inference_energy(meter, runners, window_s=1.0, repeats=1)
     ours = list(CONNECTS)
     # control: an unprotected tracker under the same config does try the network, so the guard can see it
     from codecarbon import OfflineEmissionsTracker
@@ -153,3 +156,9 @@ def test_api_config_in_home_and_env_makes_no_connection_and_no_output(tmp_path):
         assert m["per_million_gross"]["kwh"] > 0 and m["per_million_gross"]["g_co2e"] > 0
         assert m["j_per_inference_active"]["mean"] is not None
     assert res["models"]["big"]["batch_size"] == 2
+    allowance = res["mode"]["detected"]["ram"]["power_w"]
+    assert res["mode"]["tracking_mode"] == "process" and not res["mode"]["ram"]["constant"]
+    records = res["idle"]["records"] + [r for m in res["models"].values() for r in m["records"]]
+    assert len(records) == 3
+    for r in records:  # process-mode RAM: a steady 10 W allowance here; 15-20 W meant a doubled interval
+        assert 0.9 * allowance < r["ram_power_w"] < 1.02 * allowance, r

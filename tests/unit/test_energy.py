@@ -366,3 +366,28 @@ def test_disabled_meter_only_times_and_refuses_inference_energy(tmp_path):
     assert not (tmp_path / "emissions.csv").exists()
     with pytest.raises(EnergyError, match="disabled"):
         measure_inference_energy(meter, {"a": (lambda: None, 1)}, 0.01, 1)
+
+
+def test_stop_waits_for_the_timer_measurement_instead_of_doubling_it():
+    import threading
+    import time
+
+    from kd2deploy.energy.meter import _covered_s, _serialize_measurements
+
+    active, overlaps = [0], []
+
+    def measure():
+        active[0] += 1
+        overlaps.append(active[0])
+        time.sleep(0.02)
+        active[0] -= 1
+
+    tracker = SimpleNamespace(_measure_power_and_energy=measure, _scheduler=SimpleNamespace(function=measure))
+    _serialize_measurements(tracker)
+    timer = threading.Thread(target=tracker._scheduler.function)
+    timer.start()
+    tracker._measure_power_and_energy()  # what stop() calls
+    timer.join()
+    assert overlaps == [1, 1]
+    assert _covered_s(10.0, 12.5) == 2.5
+    assert _covered_s(10.0, None) is None and _covered_s(None, 1.0) is None

@@ -1,0 +1,181 @@
+"""The batched trainer reproduces train_arms (weights, curves, errors) and falls back when it cannot batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kd2deploy.config import DataConfig, TrainConfig
+from kd2deploy.data import load_data
+from kd2deploy.distill.arms import Arm, train_arms
+from kd2deploy.distill.batched import CannotBatch, train_arms_batched
+from kd2deploy.distill.train import predict, to_tensors
+from kd2deploy.errors import StageError
+from kd2deploy.models import build_model
+from kd2deploy.models.nets import Standardized
+
+CFG = TrainConfig(epochs=3, batch_size=32, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_data(DataConfig(), seed=0)
+    x_tr, y_tr, x_va, y_va = to_tensors(d.x_train[:192], d.y_train[:192], d.x_val[:96], d.y_val[:96])
+    mean, std = float(x_tr.mean()), float(x_tr.std())
+
+    def build(arch: str = "cnn-tiny", **kwargs):
+        return Standardized(build_model(arch, d.input_shape, 10, kwargs, "student"), mean, std)
+
+    torch.manual_seed(0)
+    teacher = build("cnn-small")
+    teacher_logits = predict(teacher, x_tr) * 4  # an untrained net's logits, made confident
+    return build, (x_tr, y_tr, x_va, y_va), teacher_logits
+
+
+ARMS = [
+    Arm("kd", 0, loss="hinton", temperature=4.0, alpha=0.9),
+    Arm("scratch", 0),
+    Arm("label_smoothing", 0, label_smoothing=0.1),
+    Arm("kd", 1, loss="hinton", temperature=4.0, alpha=0.9),
+    Arm("scratch", 1),
+    Arm("mse", 1, loss="mse-logits", alpha=0.5),
+]
+
+
+def _assert_same(reference, batched, atol=1e-4):
+    assert len(reference) == len(batched)
+    for (m0, h0), (m1, h1) in zip(reference, batched, strict=True):
+        assert type(m1) is type(m0) and not m1.training
+        s0, s1 = m0.state_dict(), m1.state_dict()
+        assert s0.keys() == s1.keys()
+        for k in s0:
+            torch.testing.assert_close(s1[k], s0[k], atol=atol, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+        assert [e.keys() for e in h1.epochs] == [e.keys() for e in h0.epochs]
+        assert [e["val_acc"] for e in h1.epochs] == pytest.approx([e["val_acc"] for e in h0.epochs], abs=0.011)
+        for key in ("train_loss", "val_loss"):
+            assert [e[key] for e in h1.epochs] == pytest.approx([e[key] for e in h0.epochs], rel=1e-3, abs=1e-4)
+        assert h1.samples_seen == h0.samples_seen
+
+
+@pytest.fixture(scope="module")
+def sequential(digits):
+    build, tensors, teacher_logits = digits
+    return train_arms(build, ARMS, tensors, teacher_logits, CFG)
+
+
+@pytest.mark.parametrize("engine", ["fast", "vmap", "auto"])
+def test_batched_matches_sequential(digits, sequential, engine):
+    build, tensors, teacher_logits = digits
+    batched = train_arms_batched(build, ARMS, tensors, teacher_logits, CFG, engine=engine)
+    _assert_same(sequential, batched)
+
+
+def test_chunks_and_sgd_match_sequential(digits):
+    build, tensors, teacher_logits = digits
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-2, optimizer="sgd", schedule="constant")
+    arms = ARMS[:3]
+    reference = train_arms(build, arms, tensors, teacher_logits, cfg)
+    _assert_same(reference, train_arms_batched(build, arms, tensors, teacher_logits, cfg, max_models=2))
+
+
+def test_mlp_with_dropout_trains_batched(digits, caplog):
+    build, tensors, _ = digits
+    arms = [Arm("scratch", 0), Arm("scratch", 1)]
+    with caplog.at_level("INFO", logger="kd2deploy.distill.batched"):
+        out = train_arms_batched(lambda: build("mlp", dropout=0.2), arms, tensors, None, CFG)
+    assert "fast engine" in caplog.text
+    assert all(h.epochs[-1]["val_acc"] > 0.5 for _, h in out)
+
+
+def test_on_epoch_and_history(digits):
+    build, tensors, teacher_logits = digits
+    calls = []
+    out = train_arms_batched(build, ARMS[:2], tensors, teacher_logits, CFG,
+                             on_epoch=lambda arm, e, m: calls.append((arm.key, e, m["val_acc"])))
+    assert [(k, e) for k, e, _ in calls] == [(a.key, e) for e in (1, 2, 3) for a in ARMS[:2]]
+    for arm, (_, hist) in zip(ARMS[:2], out, strict=True):
+        assert [e["epoch"] for e in hist.epochs] == [1, 2, 3]
+        assert hist.samples_seen == 3 * len(tensors[1])
+        assert hist.train_time_s > 0
+        assert [v for k, _, v in calls if k == arm.key] == [e["val_acc"] for e in hist.epochs]
+
+
+class _Residual(nn.Module):
+    """Not a plain layer chain: the fast engine declines, vmap runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = x.flatten(1)
+        return self.b(h + torch.relu(self.a(h)))
+
+
+class _Unbatchable(_Residual):
+    """Reads a tensor into Python inside forward: neither engine can stack it."""
+
+    def forward(self, x):
+        h = x.flatten(1)
+        return self.b(h * (1.0 + 0.0 * float(h.sum())))
+
+
+def test_custom_forward_uses_vmap(digits, caplog):
+    _, tensors, teacher_logits = digits
+    arms = ARMS[:2]
+    torch.manual_seed(0)
+    with pytest.raises(CannotBatch, match="not a plain layer chain"):
+        train_arms_batched(_Residual, arms, tensors, teacher_logits, CFG, engine="fast")
+    with caplog.at_level("INFO", logger="kd2deploy.distill.batched"):
+        out = train_arms_batched(_Residual, arms, tensors, teacher_logits, CFG)
+    assert "vmap engine" in caplog.text
+    _assert_same(train_arms(_Residual, arms, tensors, teacher_logits, CFG), out)
+
+
+def test_falls_back_to_sequential(digits, caplog):
+    _, tensors, teacher_logits = digits
+    arms = ARMS[:2]
+    with pytest.raises(CannotBatch):
+        train_arms_batched(_Unbatchable, arms, tensors, teacher_logits, CFG, engine="vmap")
+    with caplog.at_level("INFO", logger="kd2deploy.distill.batched"):
+        out = train_arms_batched(_Unbatchable, arms, tensors, teacher_logits, CFG)
+    assert "one by one" in caplog.text
+    reference = train_arms(_Unbatchable, arms, tensors, teacher_logits, CFG)
+    for (m0, h0), (m1, h1) in zip(reference, out, strict=True):
+        for k, v in m0.state_dict().items():
+            assert torch.equal(m1.state_dict()[k], v)
+        assert [e["val_loss"] for e in h1.epochs] == [e["val_loss"] for e in h0.epochs]
+
+
+def test_unvectorisable_loss_falls_back(digits, monkeypatch, caplog):
+    from kd2deploy.distill.losses import LOSSES
+
+    def python_loss(student_logits, teacher_logits, targets, *, temperature, alpha):
+        return student_logits.logsumexp(-1).mean() * (alpha + 0.0 * student_logits.sum().item())
+
+    monkeypatch.setitem(LOSSES._items, "python-loss", python_loss)
+    build, tensors, teacher_logits = digits
+    arms = [Arm("kd", 0, loss="python-loss", alpha=0.5), Arm("scratch", 0)]
+    with caplog.at_level("INFO", logger="kd2deploy.distill.batched"):
+        out = train_arms_batched(build, arms, tensors, teacher_logits, CFG)
+    assert "one by one" in caplog.text and len(out) == 2
+
+
+def test_nan_loss_names_arm_and_epoch(digits):
+    build, tensors, teacher_logits = digits
+    bad = teacher_logits.clone()
+    bad[100] = math.nan
+    arms = [Arm("scratch", 0), Arm("kd", 0, loss="hinton", temperature=4.0, alpha=0.9)]
+    with pytest.raises(StageError, match=r"student kd/seed0: the training loss became nan in epoch 1"):
+        train_arms_batched(build, arms, tensors, bad, CFG, engine="fast")
+
+
+def test_rejects_bad_arguments(digits):
+    build, tensors, _ = digits
+    with pytest.raises(ValueError, match="teacher_logits"):
+        train_arms_batched(build, ARMS[:2], tensors, None, CFG)
+    with pytest.raises(ValueError, match="engine"):
+        train_arms_batched(build, ARMS[:2], tensors, None, CFG, engine="gpu")
