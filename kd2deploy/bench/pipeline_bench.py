@@ -60,6 +60,33 @@ def _runners(run, settings, inputs) -> tuple[dict[str, dict[int, Any]], dict[str
     return runners, setup, skipped
 
 
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def session_memory(path, settings, x: np.ndarray) -> dict[str, Any]:
+    """RSS growth of this process from creating an onnxruntime session on ``path`` and running ``x``.
+
+    Measured in-process before the timed windows; includes onnxruntime's arena allocations. A fresh process
+    would also pay onnxruntime's own import (not counted here).
+    """
+    import gc
+
+    from kd2deploy.bench.harness import create_ort_session, ort_runner
+
+    gc.collect()
+    before = _rss_bytes()
+    session, _ = create_ort_session(path, settings)
+    runner = ort_runner(session, x)
+    for _ in range(5):
+        runner()
+    after = _rss_bytes()
+    del runner, session
+    return {"rss_delta_bytes": max(0, after - before), "batch_size": len(x)}
+
+
 def benchmark_models(run, progress) -> dict[str, Any]:
     """Latency of teacher and student, interleaved round by round, at every configured batch size."""
     from kd2deploy.bench.flops import count_flops
@@ -68,6 +95,8 @@ def benchmark_models(run, progress) -> dict[str, Any]:
     cfg = run.cfg.benchmark
     settings = harness_settings(cfg)
     inputs = _inputs(run, cfg.batch_sizes)
+    biggest = inputs[max(inputs)]
+    memory = {name: session_memory(run.onnx[name], settings, biggest) for name in COMPARED}
     runners, setup, skipped = _runners(run, settings, inputs)
     task = progress.add_task("benchmark", total=count_windows(runners, settings), info="")
     results = measure(runners, settings, keep_samples=True,
@@ -91,6 +120,7 @@ def benchmark_models(run, progress) -> dict[str, Any]:
             "flops_per_sample": flops,
             "size_bytes": run.onnx[name].stat().st_size,
             "floor_us": flops / peak * 1e6 if peak else None,
+            "memory": memory[name],
         }
     warnings = [f"benchmark window of {r['model']} at batch {r['batch_size']} was cut short"
                 for r in results if r.get("window_short")]
@@ -109,6 +139,8 @@ def benchmark_models(run, progress) -> dict[str, Any]:
         "results": strip_samples(results),
         "ratios": ratio_rows,
         "models": models,
+        "memory_method": "RSS growth of the benchmark process from creating the onnxruntime session and running "
+                         "the largest batch 5 times (psutil), measured before the timed windows",
         "peak_flops_per_s": peak,
         "peak_flops_method": f"float32 256x256 numpy matmul, {settings.intra_op_threads} BLAS thread(s)",
     }

@@ -9,10 +9,10 @@ element-wise, so one optimiser over the stacked tensors is the same as one optim
 Engines, chosen in this order by ``engine="auto"``:
 
 * ``fast``: the student is a chain of standard layers (the zoo's ConvNet / MLP, ``nn.Sequential``,
-  the ``Standardized`` wrapper). Images travel as ``(batch, models * channels, H, W)``, so a convolution is one
-  grouped convolution and batch norm / pooling / activations are the ordinary kernels over more channels;
-  linear layers are batched matrix products.
-* ``vmap``: any other student that ``torch.func.vmap`` + ``functional_call`` can run (about 1.5x slower
+  the ``Standardized`` wrapper). Images travel as ``(batch, models * channels, H, W)``, so a convolution is
+  one grouped convolution and batch norm / pooling / activations are the ordinary kernels over more
+  channels; linear layers are batched matrix products.
+* ``vmap``: any other student that ``torch.func.vmap`` + ``functional_call`` can run (1.2-1.4x slower
   than ``fast`` on the digits CNN).
 * ``sequential``: ``train_arms`` itself, for students neither engine can run or reproduce, or losses that
   do not vectorise. Each engine is checked against the plain modules on a trial batch before it is used.
@@ -71,7 +71,9 @@ def train_arms_batched(
         tensors: x_train, y_train, x_val, y_val.
         teacher_logits: the teacher's logits on x_train; needed when an arm has a distillation loss.
         cfg: the TrainConfig shared by all arms.
-        on_epoch: called as ``on_epoch(arm, epoch, metrics)`` for every arm after every epoch.
+        on_epoch: called as ``on_epoch(arm, epoch, metrics)`` for every arm after every epoch. If a stacked
+            run fails part-way for a reason of its own (e.g. memory), the arms retrain one by one and the
+            calls restart at epoch 1.
         engine: "auto" (fastest that works, else ``train_arms``), or force "fast", "vmap" or "sequential";
             a forced engine that cannot run these arms raises CannotBatch.
         max_models: at most this many arms are stacked at once (bounds memory); more train in chunks.
@@ -181,7 +183,8 @@ def _check(forward: Forward, models, arms, x_train, teacher_logits) -> None:
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    if a.shape != b.shape or not torch.allclose(a.detach().float(), b.detach().float(), rtol=1e-3, atol=1e-4, equal_nan=True):
+    a, b = a.detach().float(), b.detach().float()
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-3, atol=1e-4, equal_nan=True):
         raise CannotBatch(f"{what} differ from the plain modules'")
 
 
@@ -253,7 +256,7 @@ def _stacked_loss(arm: Arm):
 
 
 def _loss_fn(arms: list[Arm]):
-    """Per-arm losses ``(models,)`` of stacked logits ``(models, batch, classes)``: one call per distinct loss."""
+    """Per-arm losses of stacked logits ``(models, batch, classes)``, one call per distinct loss."""
     groups: dict[tuple, list[int]] = {}
     for i, arm in enumerate(arms):
         key = (arm.loss, arm.temperature, arm.alpha) if arm.loss else (None, arm.label_smoothing)
@@ -297,11 +300,7 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
             bad = ~torch.isfinite(losses.detach())
             if bad.any():
                 k = int(bad.nonzero()[0])
-                raise StageError(
-                    f"student {arms[k].key}: the training loss became {float(losses[k].detach())} in epoch {epoch}; kept "
-                    f"the weights of epoch {epoch - 1}. Lower the learning rate or check the inputs for extreme "
-                    "values."
-                )
+                raise _diverged(arms[k], float(losses[k].detach()), epoch)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
@@ -327,6 +326,14 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
         hist.train_time_s = elapsed
         out.append((model, hist))
     return out
+
+
+def _diverged(arm: Arm, value: float, epoch: int) -> StageError:
+    """The error ``fit`` raises when the loss stops being finite."""
+    return StageError(
+        f"student {arm.key}: the training loss became {value} in epoch {epoch}; kept the weights of epoch "
+        f"{epoch - 1}. Lower the learning rate or check the inputs for extreme values."
+    )
 
 
 class _Holder:
@@ -401,13 +408,14 @@ def _chain(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module
         yield prefix, module
         return
     else:
-        raise CannotBatch(f"layer {prefix.rstrip('.') or 'model'} ({kind.__name__}) is not a plain layer chain")
+        where = prefix.rstrip(".") or "model"
+        raise CannotBatch(f"layer {where} ({kind.__name__}) is not a plain layer chain")
     for name, child in children:
         yield from _chain(child, f"{prefix}{name}.")
 
 
 def _fast_forward(template: nn.Module) -> Forward:
-    """The student as a chain of stacked-layer ops. Tensors are images ``(B, M*C, H, W)`` or rows ``(M, B, F)``."""
+    """The student as a chain of stacked-layer ops on images ``(B, M*C, H, W)`` or rows ``(M, B, F)``."""
     from kd2deploy.models.nets import Standardized
 
     layers = list(_chain(copy.deepcopy(template)))  # a private copy: its layers' train/eval flags change
@@ -449,11 +457,7 @@ def _fast_forward(template: nn.Module) -> Forward:
                 bias = params.get(prefix + "bias")
                 x = torch.bmm(x, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, w)
             elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                if kind == "rows":
-                    rows = x.transpose(0, 1).reshape(b, -1)
-                    x = _batch_norm(layer, prefix, rows, params, buffers, training).view(b, m, -1).transpose(0, 1)
-                else:
-                    x = _batch_norm(layer, prefix, x, params, buffers, training)
+                x = _batch_norm(layer, prefix, x, params, buffers, training, rows=kind == "rows")
             elif isinstance(layer, nn.Flatten):
                 if kind == "img":
                     x = x.contiguous().view(b, m, -1).transpose(0, 1)
@@ -469,8 +473,12 @@ def _fast_forward(template: nn.Module) -> Forward:
     return forward
 
 
-def _batch_norm(layer, prefix, x, params, buffers, training):
+def _batch_norm(layer, prefix, x, params, buffers, training, rows=False):
     """``nn.BatchNorm*d.forward`` over stacked channels (running statistics update in place, per model)."""
+    if rows:  # (M, B, F) as (B, M*F): one channel per (model, feature)
+        m, b = x.shape[:2]
+        x = _batch_norm(layer, prefix, x.transpose(0, 1).reshape(b, -1), params, buffers, training)
+        return x.view(b, m, -1).transpose(0, 1)
     factor = 0.0 if layer.momentum is None else layer.momentum
     if training and layer.track_running_stats:
         count = buffers.get(prefix + "num_batches_tracked")

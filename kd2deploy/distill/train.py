@@ -39,13 +39,14 @@ def _optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int):
     """OneCycleLR with a 10 % warm-up (the "cosine" schedule).
 
     torch divides by zero when the warm-up is exactly one step (10 steps in all); that case warms up for two.
     """
     pct_start = 0.2 if total_steps == 10 else 0.1
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps,
+                                               pct_start=pct_start)
 
 
 @torch.inference_mode()
@@ -130,8 +131,8 @@ def fit(
             count += len(idx)
         hist.samples_seen += count
         val = evaluate(model, x_val, y_val)
-        metrics = {"epoch": epoch, "train_loss": running / count, "val_loss": val["loss"], "val_acc": val["acc"],
-                   "time_s": time.perf_counter() - t0}
+        metrics = {"epoch": epoch, "train_loss": running / count, "val_loss": val["loss"],
+                   "val_acc": val["acc"], "time_s": time.perf_counter() - t0}
         hist.epochs.append(metrics)
         good_state = {k: v.clone() for k, v in model.state_dict().items()}
         if on_epoch is not None:

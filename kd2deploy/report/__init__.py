@@ -11,11 +11,16 @@ from kd2deploy.report.view import build_view
 def _env():
     from jinja2 import Environment, PackageLoader
 
-    env = Environment(loader=PackageLoader("kd2deploy.report", "templates"), autoescape=False,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("kd2deploy.report", "templates"),
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["pct"] = lambda v, d=2: "–" if v is None else f"{100 * v:.{d}f} %"
     env.filters["num"] = lambda v, d=1: "–" if v is None else f"{v:,.{d}f}"
     env.filters["sci"] = lambda v, d=2: "–" if v is None else f"{v:.{d}e}"
+    env.filters["sig"] = lambda v, d=3: "–" if v is None else f"{v:.{d}g}"
     return env
 
 
@@ -33,7 +38,7 @@ def render_html(results: dict[str, Any]) -> str:
 
 
 def write_reports(results: dict[str, Any], run_dir: Path, formats: list[str]) -> list[Path]:
-    """Writes report.md / report.html (results.json is written by the pipeline) atomically into ``run_dir``."""
+    """Writes report.md / report.html atomically into ``run_dir`` (the pipeline writes results.json)."""
     from kd2deploy.rundir import write_atomic
 
     out = []

@@ -6,8 +6,14 @@ import base64
 import io
 from typing import Any
 
-COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "kd": "#dd8452", "scratch": "#8c8c8c",
-          "label_smoothing": "#55a868", "teacher@torch-eager-cpu": "#937860"}
+COLORS = {
+    "teacher": "#4c72b0",
+    "student": "#dd8452",
+    "kd": "#dd8452",
+    "scratch": "#8c8c8c",
+    "label_smoothing": "#55a868",
+    "teacher@torch-eager-cpu": "#937860",
+}
 
 
 def _fig(w: float = 6.4, h: float = 3.6):
@@ -51,8 +57,15 @@ def latency_plot(bench: dict[str, Any]) -> str | None:
                 p90.append(r["p90_us"])
                 p99.append(r["p99_us"])
         ax.bar(xs, p50, width * 0.9, label=m, color=COLORS.get(m))
-        ax.errorbar(xs, p50, yerr=[np.zeros(len(p50)), np.array(p99) - np.array(p50)], fmt="none", ecolor="k",
-                    capsize=3, lw=0.8)
+        ax.errorbar(
+            xs,
+            p50,
+            yerr=[np.zeros(len(p50)), np.array(p99) - np.array(p50)],
+            fmt="none",
+            ecolor="k",
+            capsize=3,
+            lw=0.8,
+        )
         ax.scatter(xs, p90, marker="_", color="k", s=60, zorder=3)
     ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
     ax.set_yscale("log")
@@ -90,7 +103,9 @@ def curves_plot(results: dict[str, Any]) -> str | None:
     fig, ax = _fig()
     arms = [a for a in ("kd", "scratch", "label_smoothing") if a in per_seed[0]]
     for arm in arms:
-        curves = [np.array([e["val_acc"] for e in s[arm]["curve"]]) for s in per_seed if s.get(arm, {}).get("curve")]
+        curves = [
+            np.array([e["val_acc"] for e in s[arm]["curve"]]) for s in per_seed if s.get(arm, {}).get("curve")
+        ]
         if not curves:
             continue
         n = min(len(c) for c in curves)
@@ -117,15 +132,31 @@ def tradeoff_plot(points: list[dict[str, Any]], x_key: str, x_label: str, title:
         return None
     fig, ax = _fig()
     for p in pts:
-        ax.scatter(p[x_key], 100 * p["accuracy"], s=50, color=COLORS.get(p["name"].split("@")[0], "#333"), zorder=3)
-        ax.annotate(p["name"], (p[x_key], 100 * p["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter(
+            p[x_key], 100 * p["accuracy"], s=50, color=COLORS.get(p["name"].split("@")[0], "#333"), zorder=3
+        )
+        ax.annotate(
+            p["name"], (p[x_key], 100 * p["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
     front, best = [], -1.0
     for p in sorted(pts, key=lambda p: (p[x_key], -p["accuracy"])):
         if p["accuracy"] > best:
             front.append(p)
             best = p["accuracy"]
-    ax.plot([p[x_key] for p in front], [100 * p["accuracy"] for p in front], "k--", lw=0.8, label="Pareto front")
-    ax.set_xscale("log")
+    ax.plot(
+        [p[x_key] for p in front], [100 * p["accuracy"] for p in front], "k--", lw=0.8, label="Pareto front"
+    )
+    xs = [p[x_key] for p in pts]
+    if max(xs) / min(xs) >= 10:  # a log axis only where the costs span a decade; else its ticks say little
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        x_label = x_label.replace(", log)", ")")
+    ax.margins(x=0.15, y=0.12)
     ax.set_xlabel(x_label)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
@@ -143,10 +174,18 @@ def energy_plot(energy: dict[str, Any]) -> str | None:
     active = [1e3 * ((models[n].get("j_per_inference_active") or {}).get("mean") or 0.0) for n in names]
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], gross, 0.4, label="gross", color="#bbbbbb")
-    ax.bar([x + 0.2 for x in xs], active, 0.4, label="active (idle subtracted)", color=[COLORS.get(n) for n in names])
+    ax.bar(
+        [x + 0.2 for x in xs],
+        active,
+        0.4,
+        label="active (idle subtracted)",
+        color=[COLORS.get(n) for n in names],
+    )
     ax.set_xticks(list(xs), names)
     ax.set_yscale("log")
     ax.set_ylabel("mJ per inference (log)")
-    ax.set_title(f"Energy per inference — {energy.get('label', '?')} (batch {models[names[0]]['batch_size']})")
+    ax.set_title(
+        f"Energy per inference — {energy.get('label', '?')} (batch {models[names[0]]['batch_size']})"
+    )
     ax.legend(fontsize=8)
     return _png(fig)

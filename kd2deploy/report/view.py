@@ -15,10 +15,18 @@ def _get(d: dict, *keys, default=None):
     return d
 
 
+def _budget(results: dict[str, Any]) -> float:
+    return _get(results, "pipeline", "resolved", "report", "max_accuracy_drop_pp", default=1.0)
+
+
 def verdict(results: dict[str, Any]) -> dict[str, Any]:
-    """Ship the student, or the reasons not to, from the headline and the report's accuracy budget."""
-    h = results.get("headline", {})
-    budget = _get(results, "pipeline", "resolved", "report", "max_accuracy_drop_pp", default=1.0)
+    """Ship the student, or the reasons not to, from the headline and the report's accuracy budget.
+
+    Returns:
+        ``{"ship": bool, "title": str, "reasons": [str], "text": str}``; ``text`` joins title and reasons.
+    """
+    h = results.get("headline") or {}
+    budget = _budget(results)
     reasons = []
     delta = h.get("accuracy_delta_pp")
     if delta is None:
@@ -26,35 +34,110 @@ def verdict(results: dict[str, Any]) -> dict[str, Any]:
     elif delta < -budget:
         reasons.append(f"accuracy {delta:+.2f} pp exceeds the allowed drop of {budget:g} pp")
     speed = h.get("speedup_p50_ratio")
-    ci = (_get(h, "speedup_p50", str(h.get("speedup_p50_batch")), "ci95") or [None, None])
+    ci = _get(h, "speedup_p50", str(h.get("speedup_p50_batch")), "ci95") or [None, None]
     if speed is None:
         reasons.append("no latency comparison")
     elif ci[0] is not None and ci[0] <= 1.0:
-        reasons.append(f"the student is not reliably faster (p50 ratio {speed:.2f}x, 95 % CI {ci[0]:.2f}–{ci[1]:.2f})")
+        reasons.append(
+            f"the student is not reliably faster (p50 ratio {speed:.2f}x, 95 % CI {ci[0]:.2f}–{ci[1]:.2f})"
+        )
     ship = not reasons
-    return {"ship": ship, "text": ("Ship the student: " if ship else "Do not ship yet: ")
-            + (h.get("text", "").removeprefix("student: ") if ship else "; ".join(reasons))}
+    title = "Ship the student" if ship else "Do not ship yet"
+    detail = h.get("text", "").removeprefix("student: ") if ship else "; ".join(reasons)
+    return {"ship": ship, "title": title, "reasons": reasons, "text": f"{title}: {detail}"}
+
+
+def _kpi(id_: str, title: str, sub: str, label: str | None = None) -> dict[str, Any]:
+    """One headline tile; ``value`` None shows a dash, ``good`` None leaves it uncoloured."""
+    return {"id": id_, "title": title, "value": None, "good": None, "label": label, "sub": sub}
+
+
+def _kpis(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three numbers a reader should take away: speed-up, energy saving, accuracy cost."""
+    h = results.get("headline") or {}
+    speed, b = h.get("speedup_p50_ratio"), h.get("speedup_p50_batch")
+    ci = _get(h, "speedup_p50", str(b), "ci95") or [None, None]
+    speed_kpi = _kpi("speedup", "Speed-up", "no teacher/student latency comparison")
+    if speed is not None:
+        speed_kpi.update(
+            value=f"{speed:.2f}×" + ("" if speed >= 1 else " (slower)"),
+            good=(ci[0] if ci[0] is not None else speed) > 1,
+            sub=f"p50 latency at batch {b}, teacher ÷ student"
+            + (f"; 95 % CI {ci[0]:.2f}–{ci[1]:.2f}" if ci[0] is not None else ""),
+        )
+    e_ratio, basis = h.get("energy_ratio"), h.get("energy_basis", "gross")
+    energy_kpi = _kpi(
+        "energy", "Energy per inference", "not measured (energy.enabled: false)", h.get("energy_label")
+    )
+    if _get(results, "energy", "enabled", default=True) is not False:
+        energy_kpi["sub"] = "teacher/student ratio not resolvable (see warnings)"
+    if e_ratio:
+        t, s = (
+            _energy_mj(_get(results, "energy", "models", n, default={}), basis)
+            for n in ("teacher", "student")
+        )
+        energy_kpi.update(
+            value=f"{e_ratio:.2f}× less" if e_ratio >= 1 else f"{1 / e_ratio:.2f}× more",
+            # a modelled ratio follows run time by construction: shown, but not coloured as a finding
+            good=(e_ratio > 1) if h.get("energy_label") == "measured" else None,
+            sub=f"{basis} energy, teacher ÷ student"
+            + (f"; {t:.3g} vs {s:.3g} mJ" if t and s else "")
+            + (
+                "; modelled: it follows run time by construction"
+                if h.get("energy_label") == "modelled"
+                else ""
+            ),
+        )
+    delta, budget = h.get("accuracy_delta_pp"), _budget(results)
+    acc_kpi = _kpi("accuracy", "Accuracy change", "no teacher/student accuracy comparison")
+    if delta is not None:
+        acc_kpi.update(
+            value=f"{delta:+.2f} pp",
+            good=delta >= -budget,
+            sub=f"student {100 * h['student_accuracy']:.2f} % vs teacher {100 * h['teacher_accuracy']:.2f} % "
+            f"(ONNX, test split); allowed drop {budget:g} pp",
+        )
+    return [speed_kpi, energy_kpi, acc_kpi]
 
 
 def _models_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     bench_models = _get(results, "benchmark", "models", default={})
+    energy = _get(results, "energy", "models", default={})
+    basis = _get(results, "headline", "energy_basis", default="gross")
     lat = {(r["model"], r["batch_size"]): r for r in _get(results, "benchmark", "results", default=[])}
     for name, exp in results.get("export", {}).items():
         par = exp["parity"]
         bm = bench_models.get(name) or bench_models.get("student" if name.startswith("student") else name, {})
-        arch = (results["models"]["teacher"]["arch"] if name == "teacher"
-                else _get(results, "distill", "student_arch"))
+        arch = (
+            results["models"]["teacher"]["arch"]
+            if name == "teacher"
+            else _get(results, "distill", "student_arch")
+        )
         # the scratch control has the student's architecture, hence its latency
         bench_name = "student" if name == "student_scratch" else name
-        b1 = lat.get((bench_name, 1)) or next((r for (m, _), r in sorted(lat.items()) if m == bench_name), None)
-        rows.append({
-            "name": name, "arch": arch, "params": bm.get("params"), "flops": bm.get("flops_per_sample"),
-            "size_kb": exp["size_bytes"] / 1024, "acc_torch": par["accuracy_torch"], "acc_onnx": par["accuracy_onnx"],
-            "max_abs_diff": par["max_abs_diff"], "argmax_agreement": par["argmax_agreement"],
-            "sha256": exp["sha256"], "file": exp["path"], "p50": b1["p50_us"] if b1 else None,
-            "p50_batch": b1["batch_size"] if b1 else None, "floor_us": bm.get("floor_us"),
-        })
+        b1 = lat.get((bench_name, 1)) or next(
+            (r for (m, _), r in sorted(lat.items()) if m == bench_name), None
+        )
+        rows.append(
+            {
+                "name": name,
+                "arch": arch,
+                "params": bm.get("params"),
+                "flops": bm.get("flops_per_sample"),
+                "size_kb": exp["size_bytes"] / 1024,
+                "acc_torch": par["accuracy_torch"],
+                "acc_onnx": par["accuracy_onnx"],
+                "max_abs_diff": par["max_abs_diff"],
+                "argmax_agreement": par["argmax_agreement"],
+                "sha256": exp["sha256"],
+                "file": exp["path"],
+                "p50": b1["p50_us"] if b1 else None,
+                "p50_batch": b1["batch_size"] if b1 else None,
+                "floor_us": bm.get("floor_us"),
+                "energy_mj": _energy_mj(energy.get(name, {}), basis),
+            }
+        )
     return rows
 
 
@@ -63,24 +146,52 @@ def _distill_rows(results: dict[str, Any]) -> dict[str, Any]:
     if not d:
         return {}
     arms = d.get("arms", [])
-    per_seed = [{"seed": s["seed"], **{a: s.get(a, {}).get("test_accuracy") for a in arms}} for s in d["per_seed"]]
-    summary = [{"arm": a, **d["summary"][a]} for a in ("kd", "scratch", "label_smoothing") if a in d["summary"]]
+    per_seed = [
+        {"seed": s["seed"], **{a: s.get(a, {}).get("test_accuracy") for a in arms}} for s in d["per_seed"]
+    ]
+    summary = [
+        {"arm": a, **d["summary"][a]} for a in ("kd", "scratch", "label_smoothing") if a in d["summary"]
+    ]
+    for row in summary:  # one seed has no spread: show a dash, not 0.00 %
+        row["sd"] = row["sd"] if row.get("n", 1) > 1 else None
     s = d["summary"]
     beats = {}
     for ctrl in ("scratch", "label_smoothing"):
         if ctrl in s and "kd" in s:
             diff = s["kd"]["mean"] - s[ctrl]["mean"]
+            # with one seed there is no spread to judge a difference by: say only which side it falls on
+            if min(s["kd"].get("n", 1), s[ctrl].get("n", 1)) < 2:
+                beats[ctrl] = {
+                    "diff_pp": 100 * diff,
+                    "spread_pp": None,
+                    "verdict": "is above" if diff > 0 else ("is below" if diff < 0 else "equals"),
+                }
+                continue
             spread = max(s["kd"]["sd"], s[ctrl]["sd"])
-            beats[ctrl] = {"diff_pp": 100 * diff, "spread_pp": 100 * spread,
-                           "verdict": "beats" if diff > spread else ("loses to" if -diff > spread else "ties with")}
-    times = {}
+            beats[ctrl] = {
+                "diff_pp": 100 * diff,
+                "spread_pp": 100 * spread,
+                "verdict": "beats" if diff > spread else ("loses to" if -diff > spread else "ties with"),
+            }
+    times: dict[str, float | None] = {}
     for a in arms:
         ts = [s.get(a, {}).get("train_time_s") for s in d["per_seed"] if s.get(a, {}).get("train_time_s")]
         times[a] = sum(ts) / len(ts) if ts else None
-    return {"per_seed": per_seed, "summary": summary, "arms": arms, "gap_closed": d.get("gap_closed"),
-            "beats": beats, "shipped_seed": d.get("shipped_seed"), "selection": d.get("selection"),
-            "temperature": d.get("temperature"), "alpha": d.get("alpha"), "loss": d.get("loss"),
-            "train_time_s": times, "energy": d.get("energy")}
+    return {
+        "per_seed": per_seed,
+        "n_seeds": len(per_seed),
+        "summary": summary,
+        "arms": arms,
+        "gap_closed": d.get("gap_closed"),
+        "beats": beats,
+        "shipped_seed": d.get("shipped_seed"),
+        "selection": d.get("selection"),
+        "temperature": d.get("temperature"),
+        "alpha": d.get("alpha"),
+        "loss": d.get("loss"),
+        "train_time_s": times,
+        "energy": d.get("energy"),
+    }
 
 
 def _energy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,40 +199,62 @@ def _energy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, m in (e.get("models") or {}).items():
         act = m.get("j_per_inference_active") or {}
-        rows.append({
-            "name": name, "label": m.get("label"), "active_label": m.get("active_label"),
-            "batch": m.get("batch_size"), "windows": m.get("windows"), "window_s": m.get("window_s"),
-            "gross_mj": 1e3 * m["j_per_inference_gross"]["mean"],
-            "gross_sd_mj": 1e3 * (m["j_per_inference_gross"].get("sd") or 0.0),
-            "active_mj": None if act.get("mean") is None else 1e3 * act["mean"],
-            "active_sd_mj": None if act.get("sd") is None else 1e3 * act["sd"],
-            "kwh_per_m": _get(m, "per_million_active", "kwh") or _get(m, "per_million_gross", "kwh"),
-            "g_per_m": _get(m, "per_million_active", "g_co2e") or _get(m, "per_million_gross", "g_co2e"),
-            "power_w": m.get("mean_power_w"),
-        })
+        rows.append(
+            {
+                "name": name,
+                "label": m.get("label"),
+                "active_label": m.get("active_label"),
+                "batch": m.get("batch_size"),
+                "windows": m.get("windows"),
+                "window_s": m.get("window_s"),
+                "gross_mj": 1e3 * m["j_per_inference_gross"]["mean"],
+                "gross_sd_mj": None
+                if m["j_per_inference_gross"].get("sd") is None
+                else 1e3 * m["j_per_inference_gross"]["sd"],
+                "active_mj": None if act.get("mean") is None else 1e3 * act["mean"],
+                "active_sd_mj": None if act.get("sd") is None else 1e3 * act["sd"],
+                "kwh_per_m": _get(m, "per_million_active", "kwh") or _get(m, "per_million_gross", "kwh"),
+                "g_per_m": _get(m, "per_million_active", "g_co2e") or _get(m, "per_million_gross", "g_co2e"),
+                "power_w": m.get("mean_power_w"),
+            }
+        )
     return rows
 
 
-def _energy_mj(model: dict[str, Any], basis: str) -> float | None:
-    j = (model.get(f"j_per_inference_{basis}") or {}).get("mean")
+def _energy_mj(model: dict[str, Any] | None, basis: str) -> float | None:
+    j = ((model or {}).get(f"j_per_inference_{basis}") or {}).get("mean")
     return 1e3 * j if j and j > 0 else None
 
 
 def _tradeoff_points(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Accuracy, latency and energy per exported model; energy on the headline's basis (active or gross)."""
     basis = _get(results, "headline", "energy_basis", default="gross")
-    lat = {(r["model"], r["batch_size"]): r["p50_us"] for r in _get(results, "benchmark", "results", default=[])}
+    lat = {
+        (r["model"], r["batch_size"]): r["p50_us"] for r in _get(results, "benchmark", "results", default=[])
+    }
     energy = _get(results, "energy", "models", default={})
     b = min((bs for _, bs in lat), default=None)
     pts = []
     for name, exp in results.get("export", {}).items():
         bench_name = "student" if name == "student_scratch" else name
-        pts.append({"name": name, "accuracy": exp["parity"]["accuracy_onnx"], "latency_us": lat.get((bench_name, b)),
-                    "energy_mj": _energy_mj(energy.get(bench_name, {}), basis)})
+        pts.append(
+            {
+                "name": name,
+                "accuracy": exp["parity"]["accuracy_onnx"],
+                "latency_us": lat.get((bench_name, b)),
+                "energy_mj": _energy_mj(energy.get(bench_name, {}), basis),
+            }
+        )
     eager = lat.get(("teacher@torch-eager-cpu", b))
     if eager and "teacher" in results.get("export", {}):
-        pts.append({"name": "teacher@torch-eager-cpu", "accuracy": results["export"]["teacher"]["parity"]["accuracy_torch"],
-                    "latency_us": eager, "energy_mj": None})
+        pts.append(
+            {
+                "name": "teacher@torch-eager-cpu",
+                "accuracy": results["export"]["teacher"]["parity"]["accuracy_torch"],
+                "latency_us": eager,
+                "energy_mj": None,
+            }
+        )
     return pts
 
 
@@ -133,10 +266,13 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
     energy = results.get("energy") or {}
     points = _tradeoff_points(results)
     b = min((r["batch_size"] for r in bench.get("results", [])), default=1)
+    stage_s = _get(results, "run", "stage_wall_s", default={}) or {}
     view = {
         "r": results,
         "headline": results.get("headline", {}),
         "verdict": verdict(results),
+        "kpis": _kpis(results),
+        "budget_pp": _budget(results),
         "models": _models_rows(results),
         "latency": bench.get("results", []),
         "ratios": bench.get("ratios", []),
@@ -144,22 +280,32 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "skipped": bench.get("skipped", []),
         "distill": _distill_rows(results),
         "energy": energy,
+        "energy_enabled": energy.get("enabled", True) is not False,
         "energy_rows": _energy_rows(results),
         "training_energy": energy.get("training", []),
         "warnings": results.get("warnings", []),
         "env": results.get("environment", {}),
+        "stage_times": " · ".join(f"{k} {t:.1f} s" for k, t in stage_s.items()),
+        "stage_total_s": sum(stage_s.values()) if stage_s else None,
+        "ship": results.get("ship"),
         "config_yaml": yaml.safe_dump(_get(results, "pipeline", "resolved", default={}), sort_keys=False),
         "plots": {},
     }
     if with_plots:
-        view["plots"] = {k: v for k, v in {
-            "tradeoff_latency": plots.tradeoff_plot(points, "latency_us", f"p50 latency at batch {b} (µs, log)",
-                                                    "Accuracy vs latency"),
-            "tradeoff_energy": plots.tradeoff_plot(points, "energy_mj", "energy per inference (mJ, log)",
-                                                   "Accuracy vs energy"),
-            "latency": plots.latency_plot(bench),
-            "throughput": plots.throughput_plot(bench),
-            "curves": plots.curves_plot(results),
-            "energy": plots.energy_plot(energy),
-        }.items() if v}
+        view["plots"] = {
+            k: v
+            for k, v in {
+                "tradeoff_latency": plots.tradeoff_plot(
+                    points, "latency_us", f"p50 latency at batch {b} (µs, log)", "Accuracy vs latency"
+                ),
+                "tradeoff_energy": plots.tradeoff_plot(
+                    points, "energy_mj", "energy per inference (mJ, log)", "Accuracy vs energy"
+                ),
+                "latency": plots.latency_plot(bench),
+                "throughput": plots.throughput_plot(bench),
+                "curves": plots.curves_plot(results),
+                "energy": plots.energy_plot(energy),
+            }.items()
+            if v
+        }
     return view

@@ -35,7 +35,8 @@ def _hand_ce():
 
 def _loss(name, t, alpha):
     fn = LOSSES.get(name)
-    return float(fn(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(TARGETS), temperature=t, alpha=alpha))
+    s, z, y = torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(TARGETS)
+    return float(fn(s, z, y, temperature=t, alpha=alpha))
 
 
 @pytest.mark.parametrize("t", [1.0, 2.0, 4.0])
@@ -57,7 +58,8 @@ def test_t_squared_keeps_soft_gradients_on_scale():
     grads = []
     for t in (2.0, 8.0):
         s = torch.tensor(STUDENT, requires_grad=True)
-        LOSSES.get("hinton")(s, torch.tensor(TEACHER), torch.tensor(TARGETS), temperature=t, alpha=1.0).backward()
+        loss = LOSSES.get("hinton")(s, torch.tensor(TEACHER), torch.tensor(TARGETS), temperature=t, alpha=1.0)
+        loss.backward()
         grads.append(float(s.grad.abs().sum()))
     assert 0.5 < grads[1] / grads[0] < 2.0
 
@@ -70,7 +72,8 @@ def test_identical_logits_leave_only_the_hard_term():
 
 
 def test_mse_logits():
-    mse = sum((a - b) ** 2 for rs, rt in zip(STUDENT, TEACHER, strict=True) for a, b in zip(rs, rt, strict=True)) / 6
+    pairs = [(a, b) for rs, rt in zip(STUDENT, TEACHER, strict=True) for a, b in zip(rs, rt, strict=True)]
+    mse = sum((a - b) ** 2 for a, b in pairs) / len(pairs)
     assert _loss("mse-logits", 4.0, 0.5) == pytest.approx(0.5 * mse + 0.5 * _hand_ce(), rel=1e-5)
     assert _loss("mse-logits", 1.0, 1.0) == pytest.approx(mse, rel=1e-5)
 
