@@ -30,36 +30,68 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     global _debug
     _debug = debug
 
 
+def _one_line(text: str) -> str:
+    """A message as one line: later lines joined with '; ' (a terminal or a log grep sees all of it)."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def handle_errors(fn):
-    """Turns kd2deploy errors into one line on stderr and an exit code (2 bad input, 1 failure)."""
+    """Turns errors into one line on stderr and an exit code: 2 bad input, 1 failure, 130 interrupted.
+
+    ``Kd2DeployError`` carries its own message and exit code; an ``OSError`` (a file that cannot be read or
+    written) is named with its cause; anything else is a bug, reported in one line that points at ``--debug``,
+    which re-raises every error with its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import logging
+
+        import click
+        from rich.markup import escape
+
+        from kd2deploy.errors import os_problem
         from kd2deploy.ui import console
 
+        def fail(msg: str, code: int):
+            console.print(f"[red]error:[/red] {escape(_one_line(msg))}", soft_wrap=True)
+            return typer.Exit(code)
+
+        raise_logging_errors = logging.raiseExceptions
+        logging.raiseExceptions = _debug  # a log file on a full disk must not print a traceback
         try:
             return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except Kd2DeployError as e:
             if _debug:
                 raise
-            console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
+            raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]: finished files of this run are kept; partial ones were not written")
             raise typer.Exit(130) from None
         except OSError as e:
             if _debug:
                 raise
-            what = "the disk is full" if e.errno == 28 else (e.strerror or str(e))
-            console.print(f"[red]error:[/red] {e.filename or 'a file'}: {what}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            names = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+            raise fail(f"{names}: {os_problem(e)}", 1) from None
+        except Exception as e:  # noqa: BLE001 - a bug: still one line, the traceback is one flag away
+            if _debug:
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise fail(f"unexpected {type(e).__name__}: {first} (a bug in kd2deploy; run with --debug for the "
+                       "traceback)", 1) from None
+        finally:
+            logging.raiseExceptions = raise_logging_errors
 
     return wrapper
 
@@ -98,7 +130,7 @@ def run(
     batches = sorted({r["batch_size"] for r in res.get("benchmark", {}).get("results", [])})
     table = Table(title="kd2deploy summary (onnxruntime CPU)")
     for col in ["model", "params", "test acc (ONNX)", *[f"p50 µs b{b}" for b in batches], "mJ/inf (active)"]:
-        table.add_column(col, justify="right" if col != "model" else "left")
+        table.add_column(col, justify="right" if col != "model" else "left", no_wrap=col == "model")
     for row in summary_rows(res):
         table.add_row(*row)
     console.print(table)
@@ -157,6 +189,68 @@ def bench(
     if json_out is not None:
         write_json(json_out, res)
         console.print(f"wrote {json_out}")
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>/<timestamp>/) or its results.json.")],
+    format_: Annotated[list[str] | None, typer.Option("--format", help="md or html (repeatable); default: "
+                                                      "the run's report.formats.")] = None,
+) -> None:
+    """Re-render a run's report.md / report.html from its results.json (validated against the schema)."""
+    from kd2deploy.report.rerender import rerender
+    from kd2deploy.ui import step
+
+    for path in rerender(run_dir, format_):
+        step(f"wrote {path}")
+
+
+@app.command()
+@handle_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Run A (folder or results.json), e.g. on the laptop.")],
+    run_b: Annotated[Path, typer.Argument(help="Run B, e.g. the same pipeline on the edge board.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the comparison to this .md or .html file "
+                                             "(default: print Markdown).")] = None,
+) -> None:
+    """Set two runs side by side: headline, accuracy, latency, ratios with CI overlap, energy, environment."""
+    from kd2deploy.report.compare import compare_runs, render_compare_markdown, write_compare
+    from kd2deploy.ui import step
+
+    if out is None:
+        typer.echo(render_compare_markdown(compare_runs(run_a, run_b)))
+    else:
+        step(f"wrote {write_compare(run_a, run_b, out)}")
+
+
+@app.command()
+@handle_errors
+def sweep(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    temperature: Annotated[str | None, typer.Option("--temperature", "-T", help="Comma-separated, e.g. 1,2,4 "
+                                                    "(default: the pipeline's).")] = None,
+    alpha: Annotated[str | None, typer.Option("--alpha", "-a", help="Comma-separated, e.g. 0.5,0.9 "
+                                              "(default: the pipeline's).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Holds runs/<name>-sweep/<timestamp>/.")] = Path("runs"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value: key.path=value.")] = None,
+) -> None:
+    """Train a (temperature x alpha) grid of KD students with the pipeline's controls; pick on validation."""
+    from kd2deploy.config import load_config
+    from kd2deploy.distill.sweep import format_sweep, sweep_pipeline
+    from kd2deploy.errors import ConfigError
+
+    def floats(text: str, flag: str) -> list[float]:
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1,2,4") from None
+
+    cfg = load_config(pipeline, set_)
+    temperatures = floats(temperature, "--temperature") if temperature else [cfg.distill.temperature]
+    alphas = floats(alpha, "--alpha") if alpha else [cfg.distill.alpha]
+    result = sweep_pipeline(cfg, temperatures, alphas, out)
+    typer.echo(format_sweep(result))
 
 
 def entry() -> None:  # pragma: no cover - console script shim

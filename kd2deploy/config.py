@@ -10,14 +10,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
+import reprlib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -26,16 +28,9 @@ from pydantic import (
 )
 
 from kd2deploy.errors import ConfigError
-
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-
-
-class Strict(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from kd2deploy.export.variants import VariantsConfig
+from kd2deploy.ship.guard import ShipPolicy
+from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
 
 
 def _existing_path(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -44,7 +39,11 @@ def _existing_path(value: Path | None, info: ValidationInfo) -> Path | None:
         return None
     base = Path((info.context or {}).get("base_dir", "."))
     path = value if value.is_absolute() else (base / value)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ValueError(f"not a usable path ({e.strerror}): {path}") from None
+    if not found:
         raise ValueError(f"file not found: {path}")
     return path.resolve()
 
@@ -89,26 +88,82 @@ class TrainConfig(Strict):
 
 
 def _check_arch(v: str, info: ValidationInfo) -> str:
-    from kd2deploy.models import MODELS, split_file_spec
+    from kd2deploy.models import MODELS, check_hub_spec, split_file_spec, split_hub_spec
 
+    hub = split_hub_spec(v)
+    if hub is not None:
+        return check_hub_spec(*hub)
     spec = split_file_spec(v)
     if spec is None:
-        return MODELS.check(v)
+        try:
+            return MODELS.check(v)
+        except ValueError as e:
+            raise ValueError(f"{e}; or path/to/file.py:function, torchvision:NAME, timm:NAME") from None
     file, fn = spec
     path = _existing_path(Path(file), info)
     return f"{path}:{fn}"
 
 
+class TeacherMember(Strict):
+    """One member of an ensemble teacher; unset keys take the teacher section's values."""
+
+    arch: str | None = Field(None, description="zoo name or file.py:function; default: teacher.arch")
+    kwargs: dict[str, Any] | None = Field(None, description="builder arguments; default: teacher.kwargs")
+    seed: int | None = Field(None, description="initial weights and batch order; default: pipeline seed + index")
+    checkpoint: Path | None = Field(None, description="state_dict of this member; skips its training")
+    train: TrainConfig | None = Field(None, description="default: teacher.train")
+
+    _check_checkpoint = field_validator("checkpoint")(_existing_path)
+
+    @field_validator("arch")
+    @classmethod
+    def _member_arch(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _check_arch(v, info)
+
+
 class TeacherConfig(Strict):
-    """The big model: trained here on the data, or loaded from a checkpoint (a state_dict)."""
+    """The big model: trained here on the data, or loaded from a checkpoint (a state_dict).
+
+    With ``ensemble``, the teacher is several models whose softened probabilities are averaged at the
+    distillation temperature; it is exported and benchmarked as one module (the members' mean probabilities).
+    """
 
     arch: str = Field("cnn-large", description="zoo name, or path/to/file.py:function (runs your code)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the builder")
     checkpoint: Path | None = Field(None, description="state_dict saved with torch.save; skips training")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=40, lr=3e-3))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=60, lr=3e-3, batch_size=128))
+    ensemble: list[TeacherMember] = Field(
+        default_factory=list,
+        description="two or more members (e.g. [{seed: 1}, {seed: 2}, {arch: cnn-small}]); empty: one teacher",
+    )
 
     _check_arch = field_validator("arch")(_check_arch)
     _check_checkpoint = field_validator("checkpoint")(_existing_path)
+
+    @field_validator("ensemble")
+    @classmethod
+    def _two_or_more(cls, v: list[TeacherMember]) -> list[TeacherMember]:
+        if len(v) == 1:
+            raise ValueError("an ensemble needs at least two members (or none for a single teacher)")
+        return v
+
+    @model_validator(mode="after")
+    def _ensemble_alone(self) -> TeacherConfig:
+        if self.ensemble and self.checkpoint is not None:
+            raise ValueError("teacher.checkpoint is for a single teacher; give each ensemble member its checkpoint")
+        return self
+
+    def members(self, pipeline_seed: int) -> list[dict[str, Any]]:
+        """The resolved members: ``{arch, kwargs, seed, checkpoint, train}`` each (one for a single teacher)."""
+        if not self.ensemble:
+            return [{"arch": self.arch, "kwargs": self.kwargs, "seed": pipeline_seed, "checkpoint": self.checkpoint,
+                     "train": self.train}]
+        return [
+            {"arch": m.arch or self.arch, "kwargs": self.kwargs if m.kwargs is None else m.kwargs,
+             "seed": pipeline_seed + i if m.seed is None else m.seed, "checkpoint": m.checkpoint,
+             "train": m.train or self.train}
+            for i, m in enumerate(self.ensemble)
+        ]
 
 
 class StudentConfig(Strict):
@@ -120,19 +175,72 @@ class StudentConfig(Strict):
     _check_arch = field_validator("arch")(_check_arch)
 
 
+_TERM_LOSSES = ("hint", "ce")
+
+
+class TermConfig(Strict):
+    """One weighted term of the KD student's loss."""
+
+    loss: str = Field(..., description="a logit loss (hinton, mse-logits), hint (FitNets), or ce (hard labels)")
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    temperature: PositiveFloat | None = Field(None, description="logit losses; default: distill.temperature")
+    alpha: Fraction | None = Field(None, description="logit losses; default: distill.alpha")
+    student_layer: str | None = Field(None, description="hint: module name in the student (named_modules)")
+    teacher_layer: str | None = Field(None, description="hint: module name in the teacher (first member)")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_term(cls, v: str) -> str:
+        from kd2deploy.distill.losses import LOSSES
+
+        if v in _TERM_LOSSES or v in LOSSES:
+            return v
+        raise ValueError(f"unknown loss {v!r}; valid names: {', '.join(sorted([*LOSSES.names(), *_TERM_LOSSES]))}")
+
+    @model_validator(mode="after")
+    def _layers_for_hints(self) -> TermConfig:
+        has = self.student_layer is not None or self.teacher_layer is not None
+        if self.loss == "hint" and not (self.student_layer and self.teacher_layer):
+            raise ValueError("a hint term needs student_layer and teacher_layer (module names)")
+        if self.loss != "hint" and has:
+            raise ValueError(f"student_layer / teacher_layer belong to hint terms, not {self.loss!r}")
+        return self
+
+
+class TransferConfig(Strict):
+    """Per-step perturbations of the transfer set, applied to every arm alike (controls included).
+
+    With either on, the teacher runs on every batch, on the same perturbed view as the student.
+    """
+
+    shift_px: Annotated[int, Field(ge=0, le=4)] = Field(0, description="random image shifts up to this many pixels")
+    mixup_alpha: Annotated[float, Field(ge=0)] = Field(0.0, description="mixup Beta(a, a); 0 = off")
+
+
 class DistillConfig(Strict):
     """Hinton distillation of the student, and the controls it is compared with."""
 
     loss: str = Field("hinton", description="distillation loss name")
-    temperature: PositiveFloat = 4.0
-    alpha: Fraction = Field(0.9, description="weight of the soft-target term; 1 - alpha weighs hard labels")
+    temperature: PositiveFloat = 2.0
+    alpha: Fraction = Field(0.5, description="weight of the soft-target term; 1 - alpha weighs hard labels")
+    terms: list[TermConfig] = Field(
+        default_factory=list,
+        description="weighted loss terms (hint terms included); empty: the one term loss/temperature/alpha",
+    )
     seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
     controls: list[Literal["scratch", "label_smoothing"]] = Field(
         default_factory=lambda: ["scratch"],
         description="students trained without the teacher, same init and budget",
     )
     control_label_smoothing: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=200, lr=1e-2))
+    labelled_fraction: Fraction = Field(
+        1.0, description="keep labels for this stratified, seeded fraction of the training split (0: none)"
+    )
+    teacher_labels: Literal["all", "labelled"] = Field(
+        "all", description="what the teacher trains on with labelled_fraction < 1: every label, or the kept ones"
+    )
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=120, lr=1e-2))
 
     @field_validator("loss")
     @classmethod
@@ -147,6 +255,14 @@ class DistillConfig(Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _few_labels(self) -> DistillConfig:
+        if self.labelled_fraction == 0 and self.controls:
+            raise ValueError("labelled_fraction 0 leaves the controls no labels to learn from; set controls: []")
+        if self.labelled_fraction == 0 and self.teacher_labels == "labelled":
+            raise ValueError("teacher_labels 'labelled' with labelled_fraction 0 leaves the teacher no labels")
+        return self
 
 
 # ------------------------------------------------------------------------------------ export, bench
@@ -173,6 +289,10 @@ class BenchmarkConfig(Strict):
     min_duration_s: PositiveFloat = 1.0
     min_runs: PositiveInt = 100
     rounds: PositiveInt = 3
+    renew_sessions: bool = Field(
+        True, description="from round 2 on, time a freshly created session, so session-to-session variation "
+        "shows in the confidence intervals"
+    )
     required: bool = Field(False, description="a listed backend that is unavailable here is an error, not a skip")
 
     @field_validator("backends")
@@ -202,7 +322,10 @@ class EnergyConfig(Strict):
     tracking_mode: Literal["machine", "process"] = Field(
         "process", description="process: this process's CPU share (robust to other load); machine: the whole machine"
     )
-    window_s: Annotated[float, Field(ge=1)] = 3.0
+    window_s: Annotated[float, Field(ge=1)] = Field(
+        10.0, description="seconds per inference window (and per idle window); CodeCarbon samples power each "
+        "measure_power_secs, so short windows hold few samples"
+    )
     repeats: PositiveInt = 2
     batch_size: PositiveInt = 1
     idle_baseline: bool = True
@@ -221,7 +344,8 @@ class ReportConfig(Strict):
 
 
 class PipelineConfig(Strict):
-    """A whole pipeline: data -> teacher -> student (KD + controls) -> export -> benchmark -> energy -> report."""
+    """A whole pipeline: data -> teacher -> student (KD + controls) -> export -> variants -> benchmark -> energy
+    -> ship -> report."""
 
     version: Literal[1] = 1
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "pipeline"
@@ -233,7 +357,18 @@ class PipelineConfig(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    variants: VariantsConfig = Field(default_factory=VariantsConfig)
+    ship: ShipPolicy = Field(default_factory=ShipPolicy)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _ship_batch_is_timed(self) -> PipelineConfig:
+        if self.ship.batch_size not in self.benchmark.batch_sizes:
+            raise ValueError(
+                f"ship.batch_size {self.ship.batch_size} is not timed; allowed: one of benchmark.batch_sizes "
+                f"{self.benchmark.batch_sizes}"
+            )
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """The fully defaulted config as plain JSON-able data."""
@@ -246,18 +381,29 @@ class PipelineConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------ loading
-def _marks(node: yaml.Node, path: tuple = ()) -> dict[tuple, yaml.Mark]:
-    """Maps every key path of a composed YAML document to the position of its value (or its key)."""
+def _marks(node: yaml.Node, path: tuple = (), seen: set[int] | None = None) -> dict[tuple, yaml.Mark]:
+    """Maps every key path of a composed YAML document to the position of its value (or its key).
+
+    A node reached again through an alias (``*name``) is not walked twice, so a recursive alias cannot loop and
+    nested aliases cannot blow up; its inner keys point at the anchor.
+    """
+    seen = set() if seen is None else seen
     out: dict[tuple, yaml.Mark] = {path: node.start_mark}
+    if id(node) in seen:
+        return out
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key: safe_load rejects it
             key = key_node.value
             out[path + (key,)] = value_node.start_mark
             out[path + (key, "__key__")] = key_node.start_mark
-            out.update({k: v for k, v in _marks(value_node, path + (key,)).items() if k != path + (key,)})
+            inner = _marks(value_node, path + (key,), seen)
+            out.update({k: v for k, v in inner.items() if k != path + (key,)})
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            out.update(_marks(item, path + (i,)))
+            out.update(_marks(item, path + (i,), seen))
     return out
 
 
@@ -266,6 +412,8 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
     cur: Any = data
     for k in keys[:-1]:
         if isinstance(cur, list) and k.isdigit():
+            if int(k) >= len(cur):
+                raise ConfigError(f"--set {dotted}: index {k} is past the end of a list of {len(cur)} item(s)")
             cur = cur[int(k)]
             continue
         if not isinstance(cur, dict):
@@ -293,48 +441,85 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {item!r}: {key!r} is not a key path like distill.temperature")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e.problem})") from None
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(e)[1]})") from None
     return key, value
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that the location's last key belongs to (for listing allowed keys)."""
-    model: Any = PipelineConfig
-    for part in loc[:-1]:
+def _yaml_problem(e: BaseException) -> tuple[Any, str]:
+    """(position or None, one-line problem) of an error raised while reading YAML."""
+    if isinstance(e, RecursionError):
+        return None, "the document is nested too deeply"
+    if not isinstance(e, yaml.YAMLError):  # a scalar the constructor cannot convert (2024-13-45, 5000 digits)
+        return None, f"a value cannot be read ({str(e).split(';')[0]})"
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.reader.ReaderError):
+        return None, f"{str(e).splitlines()[0]} (character {e.position + 1})"
+    return mark, getattr(e, "problem", None) or str(e).splitlines()[0]
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a field annotation (through Optional, list, Annotated and unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _walk(loc: tuple) -> tuple[tuple, list[type[BaseModel]]]:
+    """A pydantic error location without union tags, and the model(s) that own its last key.
+
+    pydantic puts the tag of a discriminated union into the location (``variants.variants.0.int8-static.x``);
+    the user wrote ``variants.variants.0.x``.
+    """
+    models: list[type[BaseModel]] = [PipelineConfig]
+    owners = models
+    clean: list = []
+    for part in loc:
         if isinstance(part, int):
+            clean.append(part)
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
-        if field is None:
-            return None
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return None
-    return model
+        tags = {m.model_fields["kind"].default: m for m in models if "kind" in m.model_fields}
+        if len(models) > 1 and part in tags:
+            models = [tags[part]]
+            continue
+        clean.append(part)
+        owners = models
+        models = [c for m in models if part in m.model_fields for c in _models_in(m.model_fields[part].annotation)]
+    return tuple(clean), owners
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 2
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to a readable length (a bad value can be a 5000-character string or a deep structure)."""
+    return _REPR.repr(value)
 
 
 def _describe(err: dict) -> str:
-    loc = err["loc"]
+    loc, owners = _walk(err["loc"])
     if err["type"] == "extra_forbidden":
-        model = _model_at(loc)
-        allowed = sorted(model.model_fields) if model else []
+        allowed = sorted(owners[0].model_fields) if len(owners) == 1 else []
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         msg = f"unknown key {loc[-1]!r}"
         if hint:
             msg += f" (did you mean {hint[0]!r}?)"
         return msg + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"kind {ctx.get('tag')!r} is not allowed; allowed: {ctx.get('expected_tags')}"
     if err["type"] in {"literal_error", "enum"}:
-        return f"{err['input']!r} is not allowed; {msg.replace('Input should be', 'allowed:')}"
+        return f"{_short(err['input'])} is not allowed; {msg.replace('Input should be', 'allowed:')}"
     if (
         "input" in err
         and not isinstance(err["input"], dict | list)
         and err["type"] != "missing"
         and str(err["input"]) not in msg
     ):
-        return f"{msg} (got {err['input']!r})"
+        return f"{msg} (got {_short(err['input'])})"
     return msg
 
 
@@ -345,8 +530,10 @@ def format_validation_error(
     errors = exc.errors()
 
     def position(err: dict) -> tuple[int, int, str]:
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")))
+        loc = tuple(p for p in _walk(err["loc"])[0] if not (isinstance(p, str) and p.endswith("]")))
         dotted = ".".join(str(p) for p in loc)
+        if not loc:  # a rule across sections: the message names the keys
+            return (0, 0, source)
         for key in overrides:
             if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
                 return (-1, 0, f"--set {key}={overrides[key]!r}: {dotted}")
@@ -376,9 +563,34 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     Raises:
         ConfigError: with a one-line message naming the file, line, column, key path and what is allowed.
     """
-    path = Path(path)
+    try:
+        return _load_config(Path(path), overrides)
+    except ConfigError as e:  # a file name or value with a line break must not break the one-line rule
+        raise ConfigError(str(e).replace("\r", "\\r").replace("\n", "\\n")) from None
+
+
+def _first_non_finite(data: Any, path: tuple = (), seen: set[int] | None = None) -> tuple[tuple, float] | None:
+    """The key path and value of the first NaN or infinite number in a loaded document, or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path, data
+    seen = set() if seen is None else seen
+    if not isinstance(data, dict | list) or id(data) in seen:  # an alias seen before (maybe recursive)
+        return None
+    seen.add(id(data))
+    for k, v in data.items() if isinstance(data, dict) else enumerate(data):
+        found = _first_non_finite(v, path + (k,), seen)
+        if found:
+            return found
+    return None
+
+
+def _load_config(path: Path, overrides: list[str] | None) -> PipelineConfig:
     source = str(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(f"{source}: cannot open the pipeline file ({e.strerror})") from None
+    if not is_file:
         raise ConfigError(f"{source}: pipeline file not found")
     try:
         text = path.read_text(encoding="utf-8")
@@ -387,10 +599,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:
+        mark, problem = _yaml_problem(e)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     if data is None:
         data = {}
@@ -404,6 +615,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         applied[key] = value
     if "name" not in data:
         data["name"] = re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem) or "pipeline"
+    bad = _first_non_finite(data)
+    if bad:
+        dotted = ".".join(str(k) for k in bad[0])
+        key = next((k for k in applied if dotted == k or dotted.startswith(k + ".")), None)
+        mark = next((marks[bad[0][:n]] for n in range(len(bad[0]), 0, -1) if bad[0][:n] in marks), None)
+        where = (f"--set {key}={applied[key]!r}:" if key else
+                 f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source)
+        raise ConfigError(f"{where} {dotted}: {bad[1]} is not allowed; numbers must be finite")
     try:
         return PipelineConfig.model_validate(data, context={"base_dir": str(path.parent.resolve())})
     except ValidationError as e:
@@ -411,3 +630,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     except ConfigError as e:
         # a registry miss raised inside a validator that pydantic did not wrap
         raise ConfigError(f"{source}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: a value refers to itself (a recursive YAML alias)") from None

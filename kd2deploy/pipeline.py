@@ -19,7 +19,7 @@ import numpy as np
 
 from kd2deploy import __version__, ui
 from kd2deploy.config import PipelineConfig
-from kd2deploy.errors import ConfigError, StageError
+from kd2deploy.errors import ConfigError, Kd2DeployError, StageError
 from kd2deploy.rundir import new_run_dir, save_torch_atomic, write_atomic, write_json
 
 log = logging.getLogger("kd2deploy")
@@ -41,6 +41,8 @@ class Run:
     student: Any = None
     scratch: Any = None
     onnx: dict[str, Path] = field(default_factory=dict)
+    variants: dict[str, tuple[str, Path]] = field(default_factory=dict)  # label -> (FP32 model, file)
+    latency: list[dict] = field(default_factory=list)  # the benchmark's results with their samples
     meter: Any = None
 
     def path(self, *parts: str) -> Path:
@@ -96,7 +98,9 @@ def _load_checkpoint(model, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt or foreign file
-        raise ConfigError(f"{path}: teacher.checkpoint is not a readable PyTorch state_dict ({type(e).__name__})") from None
+        raise ConfigError(
+            f"{path}: teacher.checkpoint is not a readable PyTorch state_dict ({type(e).__name__})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -110,46 +114,199 @@ def _load_checkpoint(model, path: Path) -> None:
         ) from None
 
 
-def stage_teacher(run: Run, progress) -> None:
+def _labelled(run: Run):
+    """Indices of the training samples that keep their labels (``distill.labelled_fraction``), or None for all.
+
+    Stratified and seeded by the pipeline seed, so the teacher and every arm and seed share one subset.
+    """
+    import torch
+
+    from kd2deploy.distill.transfer import labelled_subset
+
+    fraction = run.cfg.distill.labelled_fraction
+    if fraction >= 1:
+        return None
+    return torch.from_numpy(labelled_subset(run.data.y_train, fraction, run.cfg.seed))
+
+
+def _masked_labels(run: Run, labelled):
+    """y_train with -1 (no label) outside ``labelled``."""
+    import torch
+
+    y = run.tensors[1]
+    if labelled is None:
+        return y
+    out = torch.full_like(y, -1)
+    out[labelled] = y[labelled]
+    return out
+
+
+def _check_hint_layers(run: Run) -> None:
+    """Hint terms name modules of the student and the teacher: check them before anything trains."""
+    import torch
+
+    from kd2deploy.distill.teacher import find_layer
+    from kd2deploy.models import build_model
+
+    hints = [(i, t) for i, t in enumerate(run.cfg.distill.terms) if t.loss == "hint"]
+    if not hints:
+        return
+    member = run.cfg.teacher.members(run.cfg.seed)[0]
+    with torch.random.fork_rng(devices=[]):
+        student = _build(run, "student")
+        teacher = build_model(member["arch"], run.data.input_shape, run.data.num_classes, member["kwargs"], "teacher")
+    for i, t in hints:
+        find_layer(student, t.student_layer, f"distill.terms.{i}.student_layer: in {run.cfg.student.arch}")
+        find_layer(teacher, t.teacher_layer, f"distill.terms.{i}.teacher_layer: in {member['arch']}")
+
+
+def _train_member(run: Run, progress, i: int, m: dict[str, Any], label: str, labelled) -> tuple[Any, dict]:
+    """Builds one teacher (or ensemble member), trains it or loads its checkpoint; returns (module, record)."""
     import torch
 
     from kd2deploy.distill.train import evaluate, fit
+    from kd2deploy.models import build_model
     from kd2deploy.models.nets import count_params
 
-    cfg = run.cfg.teacher
-    torch.manual_seed(run.cfg.seed)
-    inner = _build(run, "teacher")
-    x_tr, y_tr, x_va, y_va, x_te, y_te = run.tensors
-    record: dict[str, Any] = {"arch": cfg.arch, "params": count_params(inner)}
-    if cfg.checkpoint is not None:
-        _load_checkpoint(inner, cfg.checkpoint)
-        teacher = _wrap(inner, run)
-        _check_logits(teacher, run, "teacher")
-        record.update(source="checkpoint", checkpoint=str(cfg.checkpoint), curve=[])
+    x_tr, _, x_va, y_va, x_te, y_te = run.tensors
+    torch.manual_seed(m["seed"])
+    inner = build_model(m["arch"], run.data.input_shape, run.data.num_classes, m["kwargs"], "teacher")
+    record: dict[str, Any] = {"arch": m["arch"], "seed": m["seed"], "params": count_params(inner)}
+    if m["checkpoint"] is not None:
+        _load_checkpoint(inner, m["checkpoint"])
+        model = _wrap(inner, run)
+        _check_logits(model, run, "teacher")
+        record.update(source="checkpoint", checkpoint=str(m["checkpoint"]), curve=[])
     else:
-        teacher = _wrap(inner, run)
-        _check_logits(teacher, run, "teacher")
-        task = progress.add_task("teacher", total=cfg.train.epochs, info="")
-        with run.meter.track("train:teacher") as energy:
-            hist = fit(teacher, x_tr, y_tr, x_va, y_va, cfg.train, run.cfg.seed, name="teacher",
-                       on_epoch=lambda e, m: progress.update(task, advance=1, info=f"val acc {m['val_acc']:.3f}"))
-        record.update(source="trained", curve=hist.epochs, train_time_s=hist.train_time_s, energy=energy.as_dict())
-    save_torch_atomic(inner.state_dict(), run.path("checkpoints", "teacher.pt"))
-    record["test_accuracy_torch"] = evaluate(teacher, x_te, y_te)["acc"]
-    record["val_accuracy_torch"] = evaluate(teacher, x_va, y_va)["acc"]
+        model = _wrap(inner, run)
+        _check_logits(model, run, "teacher")
+        own = labelled if run.cfg.distill.teacher_labels == "labelled" else None
+        task = progress.add_task(label, total=m["train"].epochs, info="")
+        hist = _guarded(run, lambda: fit(
+            model, x_tr, _masked_labels(run, own), x_va, y_va, m["train"], m["seed"], name=label, pool=own,
+            on_epoch=lambda e, mt: progress.update(task, advance=1, info=f"val acc {mt['val_acc']:.3f}")))
+        record.update(source="trained", curve=hist.epochs, train_time_s=hist.train_time_s)
+    record["test_accuracy_torch"] = evaluate(model, x_te, y_te)["acc"]
+    record["val_accuracy_torch"] = evaluate(model, x_va, y_va)["acc"]
+    return model, record
+
+
+def _guarded(run: Run, train):
+    """Runs ``train()``; if the loss diverges, saves the diverged model's last good weights (inner model, as the
+    other checkpoints) to ``checkpoints/<model>.last_good.pt`` and re-raises naming the model, epoch and file."""
+    from kd2deploy.distill.train import DivergedError
+
+    try:
+        return train()
+    except DivergedError as e:
+        path = run.path("checkpoints", f"{e.name.replace(' ', '_').replace('/', '_')}.last_good.pt")
+        if e.state is not None:
+            prefix = "model."  # the Standardized wrapper's prefix: checkpoints hold the inner model
+            save_torch_atomic({k.removeprefix(prefix): v for k, v in e.state.items() if k.startswith(prefix)}, path)
+        raise StageError(f"{e} The last good weights are in {path.relative_to(run.dir)}.") from e
+
+
+def stage_checks(run: Run) -> None:
+    """What can be checked before any training: both models' output width, required backends."""
+    from kd2deploy.bench.backends import BACKENDS
+
+    for role in ("teacher", "student"):
+        _check_logits(_wrap(_build(run, role), run), run, role)
+    bench = run.cfg.benchmark
+    for name in bench.backends:
+        ok, reason = BACKENDS.get(name).available()
+        if not ok and bench.required:
+            raise ConfigError(f"benchmark.backends: {name} is unavailable here ({reason}) and benchmark.required "
+                              "is true; nothing was trained")
+
+
+def stage_teacher(run: Run, progress) -> None:
+    """Trains (or loads) the teacher — or every member of an ensemble — and records what it saw."""
+    from contextlib import nullcontext
+
+    from kd2deploy.distill.teacher import EnsembleTeacher
+    from kd2deploy.distill.train import evaluate
+
+    cfg = run.cfg.teacher
+    _check_hint_layers(run)
+    labelled = _labelled(run)
+    members = cfg.members(run.cfg.seed)
+    single = not cfg.ensemble
+    trains = any(m["checkpoint"] is None for m in members)
+    modules, records = [], []
+    with (run.meter.track("train:teacher") if trains else nullcontext()) as energy:
+        for i, m in enumerate(members):
+            model, rec = _train_member(run, progress, i, m, "teacher" if single else f"teacher member {i}", labelled)
+            modules.append(model)
+            records.append(rec)
+            name = "teacher.pt" if single else f"teacher_member{i}.pt"
+            save_torch_atomic(model.model.state_dict(), run.path("checkpoints", name))
+    n_train = len(run.tensors[1])
+    seen = "all" if labelled is None or run.cfg.distill.teacher_labels == "all" else "labelled"
+    trained_on = {"labels": seen, "n_labelled": n_train if seen == "all" else len(labelled), "n_train": n_train}
+    if single:
+        record = records[0]
+        record.pop("seed")
+        teacher = modules[0]
+    else:
+        _, _, x_va, y_va, x_te, y_te = run.tensors
+        teacher = EnsembleTeacher(modules)
+        record = {
+            "arch": "ensemble(" + ", ".join(r["arch"] for r in records) + ")",
+            "params": sum(r["params"] for r in records),
+            "source": "trained" if trains else "checkpoint", "curve": [], "members": records,
+            "train_time_s": sum(r.get("train_time_s", 0.0) for r in records),
+            "test_accuracy_torch": evaluate(teacher, x_te, y_te)["acc"],
+            "val_accuracy_torch": evaluate(teacher, x_va, y_va)["acc"],
+            "combine": "mean of the members' softmax probabilities (at T for distillation, T=1 for prediction)",
+        }
+    if trains:
+        record["energy"] = energy.as_dict()
+        record["trained_on"] = trained_on
     run.teacher = teacher
     run.results.setdefault("models", {})["teacher"] = record
-    ui.step(f"teacher {cfg.arch} ({record['params']:,} params, {record['source']}): "
-            f"test acc {record['test_accuracy_torch']:.2%}")
+    members_text = "" if single else " = " + ", ".join(
+        f"{r['arch']}/seed{r['seed']} {r['test_accuracy_torch']:.2%}" for r in records)
+    ui.step(f"teacher {record['arch']} ({record['params']:,} params, {record['source']}"
+            f"{', labels: ' + seen if trains and labelled is not None else ''}): "
+            f"test acc {record['test_accuracy_torch']:.2%}{members_text}")
+
+
+def kd_terms(d) -> list[dict[str, Any]]:
+    """The KD student's loss terms, resolved: ``distill.terms``, or the one term ``loss/temperature/alpha``."""
+    if not d.terms:
+        return [{"loss": d.loss, "weight": 1.0, "temperature": d.temperature, "alpha": d.alpha}]
+    out = []
+    for t in d.terms:
+        if t.loss == "hint":
+            out.append({"loss": "hint", "weight": t.weight, "student_layer": t.student_layer,
+                        "teacher_layer": t.teacher_layer})
+        elif t.loss == "ce":
+            out.append({"loss": "ce", "weight": t.weight})
+        else:
+            out.append({"loss": t.loss, "weight": t.weight,
+                        "temperature": d.temperature if t.temperature is None else t.temperature,
+                        "alpha": d.alpha if t.alpha is None else t.alpha})
+    return out
 
 
 def _arms(run: Run):
     from kd2deploy.distill.arms import Arm
+    from kd2deploy.distill.terms import Term
 
     d = run.cfg.distill
+    terms = kd_terms(d)
+    logit = [t for t in terms if t["loss"] not in ("hint", "ce")]
+    simple = len(terms) == 1 and logit and terms[0]["weight"] == 1.0
     arms = []
     for seed in d.seeds:
-        arms.append(Arm("kd", seed, loss=d.loss, temperature=d.temperature, alpha=d.alpha))
+        if simple:
+            arms.append(Arm("kd", seed, loss=logit[0]["loss"], temperature=logit[0]["temperature"],
+                            alpha=logit[0]["alpha"]))
+        else:
+            first = logit[0] if logit else {"loss": "hint", "temperature": 1.0, "alpha": 0.0}
+            arms.append(Arm("kd", seed, loss=first["loss"], temperature=first["temperature"], alpha=first["alpha"],
+                            terms=tuple(Term(**t) for t in terms)))
         if "scratch" in d.controls:
             arms.append(Arm("scratch", seed))
         if "label_smoothing" in d.controls:
@@ -164,7 +321,9 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
 
 def stage_students(run: Run, progress) -> None:
     from kd2deploy.distill.arms import train_arms
-    from kd2deploy.distill.train import evaluate, predict
+    from kd2deploy.distill.teacher import teacher_logits_of
+    from kd2deploy.distill.train import evaluate
+    from kd2deploy.distill.transfer import Perturb
     from kd2deploy.models.nets import count_params
 
     try:
@@ -173,7 +332,9 @@ def stage_students(run: Run, progress) -> None:
         trainer = train_arms
     cfg = run.cfg.distill
     x_tr, y_tr, x_va, y_va, x_te, y_te = run.tensors
-    teacher_logits = predict(run.teacher, x_tr)
+    perturb = Perturb(cfg.transfer.shift_px, cfg.transfer.mixup_alpha)
+    teacher_logits = None if perturb.active else teacher_logits_of(run.teacher, x_tr)
+    labelled = _labelled(run)
     arms = _arms(run)
     _check_logits(_wrap(_build(run, "student"), run), run, "student")
     tasks = {arm.key: progress.add_task(f"student {arm.key}", total=cfg.train.epochs, info="") for arm in arms}
@@ -182,8 +343,10 @@ def stage_students(run: Run, progress) -> None:
         progress.update(tasks[arm.key], advance=1, info=f"val acc {m['val_acc']:.3f}")
 
     with run.meter.track("train:students") as energy:
-        trained = trainer(lambda: _wrap(_build(run, "student"), run), arms, (x_tr, y_tr, x_va, y_va),
-                          teacher_logits, cfg.train, on_epoch=on_epoch)
+        trained = _guarded(run, lambda: trainer(
+            lambda: _wrap(_build(run, "student"), run), arms, (x_tr, _masked_labels(run, labelled), x_va, y_va),
+            teacher_logits, cfg.train, on_epoch=on_epoch, labelled=labelled, teacher=run.teacher,
+            perturb=perturb))
     per_seed: dict[int, dict[str, Any]] = {}
     by_arm: dict[str, list[float]] = {}
     models = {}
@@ -200,17 +363,35 @@ def stage_students(run: Run, progress) -> None:
     best_seed = max(cfg.seeds, key=lambda s: (per_seed[s]["kd"]["val_accuracy"], -cfg.seeds.index(s)))
     run.student = models[f"kd/seed{best_seed}"]
     run.scratch = models.get(f"scratch/seed{best_seed}")
-    teacher_acc = run.results["models"]["teacher"]["test_accuracy_torch"]
+    teacher_rec = run.results["models"]["teacher"]
+    teacher_acc = teacher_rec["test_accuracy_torch"]
     summary = {name: _mean_sd(v) for name, v in by_arm.items()}
     gap = None
     if "scratch" in summary and teacher_acc - summary["scratch"]["mean"] > 1e-9:
         gap = (summary["kd"]["mean"] - summary["scratch"]["mean"]) / (teacher_acc - summary["scratch"]["mean"])
+    n_train = len(y_tr)
+    n_lab = n_train if labelled is None else len(labelled)
     run.results["distill"] = {
-        "loss": cfg.loss, "temperature": cfg.temperature, "alpha": cfg.alpha, "seeds": cfg.seeds,
+        "loss": cfg.loss if not cfg.terms else "+".join(t["loss"] for t in kd_terms(cfg)),
+        "temperature": cfg.temperature, "alpha": cfg.alpha, "seeds": cfg.seeds,
+        "terms": kd_terms(cfg),
         "arms": sorted(by_arm), "per_seed": [per_seed[s] for s in cfg.seeds], "summary": summary,
         "gap_closed": gap, "shipped_seed": best_seed, "energy": energy.as_dict(),
         "student_arch": run.cfg.student.arch, "student_params": count_params(run.student.model),
         "selection": "KD seed with the highest validation accuracy",
+        "teacher": {
+            "kind": "ensemble" if run.cfg.teacher.ensemble else "single",
+            "members": len(teacher_rec.get("members", [])) or 1,
+            "test_accuracy": teacher_acc,
+            "labels_seen": (teacher_rec.get("trained_on") or {}).get("labels", "unknown (checkpoint)"),
+        },
+        "labels": {
+            "labelled_fraction": cfg.labelled_fraction, "n_labelled": n_lab, "n_train": n_train,
+            "kd": "soft term on every training sample, hard-label term on the labelled ones only",
+            "controls": "labelled samples only, same number of steps and batch size as KD",
+        },
+        "transfer": {"shift_px": perturb.shift_px, "mixup_alpha": perturb.mixup_alpha,
+                     "teacher_outputs": "per batch, on the student's view" if perturb.active else "computed once"},
     }
     line = ", ".join(f"{k} {v['mean']:.2%} ± {v['sd']:.2%}" for k, v in summary.items())
     ui.step(f"students ({len(cfg.seeds)} seed(s)): {line}" + (f"; gap closed {gap:.0%}" if gap is not None else ""))
@@ -234,6 +415,40 @@ def stage_export(run: Run) -> None:
         for n, e in exported.items()))
 
 
+def stage_variants(run: Run, progress) -> None:
+    """Compressed variants of the exported models, each judged on the test split against its FP32 source."""
+    from kd2deploy.export.variants import describe_clipping, evaluate_variant, make_variant
+
+    cfg = run.cfg.variants
+    todo = [(model, spec) for model in cfg.apply_to for spec in cfg.variants]
+    out: dict[str, Any] = {}
+    task = progress.add_task("variants", total=len(todo), info="")
+    for model, spec in todo:
+        src = run.onnx[model]
+        entry = out.setdefault(model, {
+            "source": f"models/{src.name}", "accuracy_fp32": run.results["export"][model]["parity"]["accuracy_onnx"],
+            "variants": [], "failed": [],
+        })
+        progress.update(task, info=f"{model} {spec.name}")
+        try:
+            path = make_variant(src, spec, run.dir / "models" / "variants", run.data.x_train)
+            res = evaluate_variant(path, src, run.data.x_test, run.data.y_test)
+        except StageError as e:
+            entry["failed"].append({"name": spec.name, "kind": spec.kind, "reason": str(e)})
+            run.results["warnings"].append(f"variant {spec.name} of {model} was not made: {e}")
+            ui.warn(f"variants: {e}")
+        else:
+            res.update(label=path.stem, model=model, clipping_text=describe_clipping(res["clipping"]))
+            entry["variants"].append(res)
+            run.variants[path.stem] = (model, path)
+        progress.update(task, advance=1)
+    run.results["variants"] = out
+    if out:
+        ui.step("variants: " + ", ".join(
+            f"{v['label']} acc {v['accuracy']:.2%} (max|Δ| {v['parity']['max_abs_diff']:.2g})"
+            for e in out.values() for v in e["variants"]))
+
+
 def stage_benchmark(run: Run, progress) -> None:
     from kd2deploy.bench.pipeline_bench import benchmark_models
 
@@ -244,6 +459,36 @@ def stage_energy(run: Run, progress) -> None:
     from kd2deploy.bench.pipeline_bench import inference_energy
 
     run.results["energy"] = inference_energy(run, progress)
+
+
+def stage_ship(run: Run) -> None:
+    """The shipping guard picks, per model, the fastest variant that keeps accuracy; the student's pick ships."""
+    from kd2deploy.ship.guard import candidates_from_bench, select
+    from kd2deploy.ship.package import ship_student
+
+    policy = run.cfg.ship
+    timed = {r["model"] for r in run.latency}
+    for model, entry in run.results.get("variants", {}).items():
+        accuracies = {model: entry["accuracy_fp32"], **{v["label"]: v["accuracy"] for v in entry["variants"]}}
+        control = f"{model}@aa"
+        candidates = candidates_from_bench(
+            run.latency, model, accuracies, policy.batch_size,
+            kinds={v["label"]: v["kind"] for v in entry["variants"]},
+            controls=[control] if control in timed else [],
+        )
+        entry["candidates"] = candidates
+        entry["selection"] = select(candidates, policy)
+        for c in candidates:
+            r = c.get("ratio_vs_source")
+            if c["source"] not in ("fp32", "control") and r and r["ci95"][1] < 1:
+                run.results["warnings"].append(
+                    f"variant {c['name']} is slower than its FP32 source: {1 / r['ratio_p50']:.2f}x the p50 at batch "
+                    f"{policy.batch_size} (95 % CI of the speed-up {r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}x); "
+                    "not shipped")
+    path = ship_student(run.results, run.dir)
+    sel = run.results["ship"].get("selection")
+    ui.step(f"ship: {path.relative_to(run.dir)} ← {run.results['ship']['source']}"
+            + (f" ({sel['reason']})" if sel else ""))
 
 
 def stage_report(run: Run) -> None:
@@ -321,25 +566,33 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
     try:
         with ui.progress() as progress:
             for name, fn, needs_progress in (
-                ("data", stage_data, False), ("teacher", stage_teacher, True), ("students", stage_students, True),
-                ("export", stage_export, False), ("benchmark", stage_benchmark, True), ("energy", stage_energy, True),
+                ("data", stage_data, False), ("checks", stage_checks, False), ("teacher", stage_teacher, True),
+                ("students", stage_students, True),
+                ("export", stage_export, False), ("variants", stage_variants, True),
+                ("benchmark", stage_benchmark, True), ("energy", stage_energy, True),
             ):
                 ts = time.perf_counter()
                 log.info("stage %s started", name)
                 fn(run, progress) if needs_progress else fn(run)
                 stages_t[name] = time.perf_counter() - ts
                 log.info("stage %s finished in %.1f s", name, stages_t[name])
+        run.results["headline"] = headline(run.results)
+        ts = time.perf_counter()
+        stage_ship(run)
+        stages_t["ship"] = time.perf_counter() - ts
         run.results["run"].update(
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             wall_s=time.perf_counter() - t0, stage_wall_s=stages_t,
         )
-        run.results["headline"] = headline(run.results)
         stage_report(run)
         run.results["run"]["wall_s"] = time.perf_counter() - t0
         write_json(run.path("results.json"), run.results)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        write_json(run.path("results.partial.json"), run.results)
+    except BaseException as e:  # a failure, a bug or Ctrl-C: keep what is known so far
+        log.error("%s: %s", type(e).__name__, e)
+        try:
+            write_json(run.path("results.partial.json"), run.results)
+        except Kd2DeployError as e2:  # e.g. the disk is full: keep the real cause as the message
+            log.error("results.partial.json not written: %s", e2)
         raise
     finally:
         run.meter.close()
@@ -392,10 +645,13 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     lat = {(r["model"], r["batch_size"]): r for r in results.get("benchmark", {}).get("results", [])}
     batches = sorted({b for _, b in lat})
     energy = results.get("energy", {}).get("models", {})
-    for name, e in results.get("export", {}).items():
-        params = (results["models"]["teacher"]["params"] if name == "teacher"
+    models = {name: (name, e["parity"]["accuracy_onnx"]) for name, e in results.get("export", {}).items()}
+    for model, entry in results.get("variants", {}).items():
+        models.update({v["label"]: (model, v["accuracy"]) for v in entry["variants"]})
+    for name, (source, acc) in models.items():
+        params = (results["models"]["teacher"]["params"] if source == "teacher"
                   else results.get("distill", {}).get("student_params"))
-        cells = [name, f"{params:,}" if params else "", f"{e['parity']['accuracy_onnx']:.2%}"]
+        cells = [name, f"{params:,}" if params else "", f"{acc:.2%}"]
         cells += [f"{lat[(name, b)]['p50_us']:.1f}" if (name, b) in lat else "–" for b in batches]
         ej = energy.get(name, {}).get("j_per_inference_active", {}).get("mean")
         cells.append(f"{ej * 1e3:.3f}" if ej is not None else "–")

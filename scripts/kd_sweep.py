@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -186,18 +185,10 @@ def _read(results_path: Path) -> list[dict]:
     return list(rows.values())
 
 
-def _ms(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):6.2f} ± {100 * sd:4.2f}"
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else float("nan")
-
-
-def _rank(acc: dict) -> tuple[float, float]:
-    """Validation ranking: mean accuracy, then (ties are common on 270 samples) lower mean loss."""
-    return (_mean(acc["val"]), -_mean(acc["val_loss"]) if acc.get("val_loss") else -math.inf)
+# The validation ranking and the mean ± sd text are shared with ``kd2deploy sweep``.
+from kd2deploy.distill.sweep import mean as _mean  # noqa: E402
+from kd2deploy.distill.sweep import mean_sd_text as _ms  # noqa: E402
+from kd2deploy.distill.sweep import rank as _rank  # noqa: E402
 
 
 def merge(rows) -> list[dict]:

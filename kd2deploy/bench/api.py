@@ -11,6 +11,19 @@ import numpy as np
 from kd2deploy.bench import harness
 from kd2deploy.bench.backends import OrtBackend, get_backend
 from kd2deploy.bench.harness import HarnessSettings
+from kd2deploy.errors import ConfigError, StageError
+
+
+class BenchInputError(ConfigError, ValueError):
+    """A model file or option that the benchmark cannot use (a corrupt ONNX file, a wrong backend kind)."""
+
+
+class BackendUnavailableError(StageError, RuntimeError):
+    """The backend asked for does not work on this machine; the message says why."""
+
+
+class ModelFileNotFoundError(ConfigError, FileNotFoundError):
+    """A model file that does not exist."""
 
 
 def onnx_input_specs(path: str | Path) -> list[harness.InputSpec]:
@@ -61,29 +74,34 @@ def bench_onnx(
         ({flops_per_s, blas_threads, method} or None), peak_rss_bytes (process-wide peak, or None).
 
     Raises:
-        ValueError: unknown backend (the message lists the valid names), bad precision or inputs.
-        RuntimeError: the backend is not usable on this machine (the message says why).
-        FileNotFoundError: a path does not exist.
+        ValueError: unknown backend (the message lists the valid names), bad precision or inputs, a file
+            that is not a loadable ONNX model (:class:`BenchInputError`, also a ConfigError).
+        RuntimeError: the backend is not usable on this machine (:class:`BackendUnavailableError`, also a
+            StageError; the message says why).
+        FileNotFoundError: a path does not exist (:class:`ModelFileNotFoundError`, also a ConfigError).
     """
     settings = settings or HarnessSettings()
     be = get_backend(backend)
     if be.model_format != "onnx":
-        raise ValueError(f"backend {backend!r} runs torch modules, not ONNX files")
+        raise BenchInputError(f"backend {backend!r} runs torch modules, not ONNX files")
     ok, reason = be.available()
     if not ok:
-        raise RuntimeError(f"backend {backend!r} is not available here: {reason}")
+        raise BackendUnavailableError(f"backend {backend!r} is not available here: {reason}")
     if isinstance(be, OrtBackend):
         settings = replace(settings, provider=be.providers[0])
     paths = [Path(p) for p in paths]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such model file")
+            raise ModelFileNotFoundError(f"{path}: no such model file")
     batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
 
     models: list[dict] = []
     runners: dict[str, dict[int, harness.Runner]] = {}
     for label, path in zip(harness.unique_labels(paths), paths, strict=True):
-        loaded = be.load(path, settings, precision=precision, batch_sizes=batch_sizes)
+        try:
+            loaded = be.load(path, settings, precision=precision, batch_sizes=batch_sizes)
+        except ValueError as e:  # a corrupt file, or a precision the backend lacks
+            raise BenchInputError(str(e)) from e
         models.append(
             {
                 "name": label,

@@ -160,11 +160,14 @@ class OrtBackend:
         providers: list = list(self.providers)
         if self.providers[0] == "TensorrtExecutionProvider":
             providers[0] = ("TensorrtExecutionProvider", {"trt_fp16_enable": precision == "fp16"})
+        def make_session():
+            return create_ort_session(path, replace(settings, provider=self.providers[0]), providers=providers)[0]
+
         session, seconds = create_ort_session(
             path, replace(settings, provider=self.providers[0]), providers=providers
         )
         if self.device == "cpu":
-            runner = lambda x: ort_runner(session, x)  # noqa: E731
+            runner = lambda x: ort_runner(session, x, make_session)  # noqa: E731
         else:
             runner = lambda x: ort_iobinding_runner(session, x)  # noqa: E731
         return LoadedModel(runner, seconds, {"providers": session.get_providers(), "precision": precision})

@@ -18,8 +18,9 @@ What a number means:
 - For each batch size the models run in ``rounds`` rounds; round r rotates the order of the models by r, so
   slow drift (thermal, frequency, a neighbour on the host) hits every model alike. Latencies are pooled over
   rounds before the statistics.
-- ``p50_ci95_us`` is a seeded bootstrap 95 % interval of the median; :func:`ratio_ci` gives the same for a
-  ratio of two medians (teacher p50 / student p50 is the student's speed-up).
+- ``p50_ci95_us`` is a seeded two-level bootstrap 95 % interval of the median (rounds resampled, then
+  latencies within them), so drift between rounds widens it; :func:`ratio_ci` gives the same for a ratio of
+  two medians (teacher p50 / student p50 is the student's speed-up), resampling the rounds as pairs.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ GRAPH_OPTIMIZATION_LEVELS = {
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
+# onnxruntime exception classes that mean "this file is not a model I can load"
+_ORT_FILE_ERRORS = {"InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel", "ModelLoaded"}
+
 _ORT_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -85,6 +89,10 @@ class HarnessSettings:
         bootstrap: bootstrap resamples for confidence intervals.
         seed: seed for random inputs and the bootstrap.
         max_window_s: a window (warm-up included) stops after this many seconds, marked ``window_short``.
+        renew_sessions: from the second round on, time a freshly created session (runners that offer
+            ``renew``, e.g. :func:`ort_runner` given ``make_session``), so that session-to-session variation
+            (where the allocator placed weights and buffers) shows between rounds and in the intervals,
+            instead of one session's luck deciding a ratio.
     """
 
     intra_op_threads: int = 1
@@ -99,6 +107,7 @@ class HarnessSettings:
     bootstrap: int = 1000
     seed: int = 0
     max_window_s: float = 60.0
+    renew_sessions: bool = True
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
@@ -142,7 +151,8 @@ def create_ort_session(
         engine building happen here).
 
     Raises:
-        ValueError: the first provider is not in this onnxruntime build.
+        ValueError: the first provider is not in this onnxruntime build, or the file is not a loadable ONNX
+            model (corrupt, truncated, empty, an invalid graph); the message names the file.
         RuntimeError: onnxruntime fell back to another provider than the one asked for.
     """
     import onnxruntime as ort
@@ -168,7 +178,14 @@ def create_ort_session(
     )
     options.log_severity_level = 3  # errors only; warnings about fallbacks are checked below instead
     t0 = time.perf_counter()
-    session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=list(providers))
+    try:
+        session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=list(providers))
+    except Exception as e:  # onnxruntime's errors share no base class but Exception
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if type(e).__name__ in _ORT_FILE_ERRORS or "Load model from" in first:
+            reason = first.split("failed:", 1)[-1].strip()
+            raise ValueError(f"{path}: onnxruntime cannot load this file as an ONNX model: {reason}") from e
+        raise
     seconds = time.perf_counter() - t0
     if session.get_providers()[0] != wanted[0]:
         raise RuntimeError(
@@ -243,11 +260,25 @@ def feeds_for(
     return {names[0]: np.ascontiguousarray(x)}
 
 
-def ort_runner(session: ort.InferenceSession, x: np.ndarray | Mapping[str, np.ndarray]) -> Runner:
-    """A runner doing one ``session.run`` on ``x`` (feed dict built once, outside the timed call)."""
+def ort_runner(
+    session: ort.InferenceSession,
+    x: np.ndarray | Mapping[str, np.ndarray],
+    make_session: Callable[[], ort.InferenceSession] | None = None,
+) -> Runner:
+    """A runner doing one ``session.run`` on ``x`` (feed dict built once, outside the timed call).
+
+    With ``make_session`` the runner also has ``renew()``: the same runner on a freshly created session (see
+    ``HarnessSettings.renew_sessions``).
+    """
     feeds = feeds_for(session, x)
     run = session.run
-    return lambda: run(None, feeds)
+
+    def runner():
+        return run(None, feeds)
+
+    if make_session is not None:
+        runner.renew = lambda: ort_runner(make_session(), x, make_session)
+    return runner
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -322,7 +353,8 @@ def measure(
         runners: ``{model name: {batch size: runner}}``.
         settings: warm-up, window and bootstrap settings.
         progress: called once per finished window with a label such as ``"student batch 32 round 2/3"``.
-        keep_samples: add ``samples_us`` (pooled latencies, a float64 array) to each result, for
+        keep_samples: add ``samples_us`` (pooled latencies, a float64 array) and ``rounds_us`` (one array per
+            round) to each result, for
             :func:`ratios`; drop it with :func:`strip_samples` before writing JSON.
 
     Returns:
@@ -340,7 +372,11 @@ def measure(
         names = [name for name, by_batch in runners.items() if batch in by_batch]
         for r, order in enumerate(schedule(names, settings.rounds)):
             for name in order:
-                lat_ns, secs, cut = run_window(runners[name][batch], settings)
+                runner = runners[name][batch]
+                if r > 0 and settings.renew_sessions and hasattr(runner, "renew"):
+                    runner = runner.renew()  # the fresh session lives for this window only
+                lat_ns, secs, cut = run_window(runner, settings)
+                del runner
                 key = (name, batch)
                 pooled.setdefault(key, []).append(lat_ns)
                 seconds[key] = seconds.get(key, 0.0) + secs
@@ -351,24 +387,27 @@ def measure(
     for name, by_batch in runners.items():
         for batch in by_batch:
             key = (name, batch)
-            lat_us = np.concatenate(pooled[key]) / 1e3
+            rounds_us = [r / 1e3 for r in pooled[key]]
+            lat_us = np.concatenate(rounds_us)
             timer = "self" if getattr(by_batch[batch], "self_timed", False) else "perf_counter_ns"
-            res = summarize(lat_us, settings, model=name, batch_size=batch, measured_s=seconds[key])
+            res = summarize(rounds_us, settings, model=name, batch_size=batch, measured_s=seconds[key])
             res.update(timer=timer, window_short=short[key])
             if keep_samples:
                 res["samples_us"] = lat_us
+                res["rounds_us"] = rounds_us
             results.append(res)
     return results
 
 
 def summarize(
-    lat_us: np.ndarray, settings: HarnessSettings, *, model: str, batch_size: int, measured_s: float
+    lat_us: Samples, settings: HarnessSettings, *, model: str, batch_size: int, measured_s: float
 ) -> dict:
-    """Statistics of pooled latencies (microseconds) of one (model, batch size)."""
-    lat_us = np.asarray(lat_us, dtype=np.float64)
+    """Statistics of the latencies (microseconds) of one (model, batch size): pooled, or one array per round."""
+    rounds = _rounds(lat_us)
+    lat_us = np.concatenate(rounds)
     p50, p90, p99 = np.percentile(lat_us, [50, 90, 99])
     mean = float(lat_us.mean())
-    lo, hi = median_ci(lat_us, settings.bootstrap, settings.seed)
+    lo, hi = median_ci(rounds, settings.bootstrap, settings.seed)
     return {
         "model": model,
         "batch_size": batch_size,
@@ -389,7 +428,7 @@ def summarize(
 
 def strip_samples(results: Sequence[dict]) -> list[dict]:
     """Copies of ``results`` without ``samples_us`` (JSON-able)."""
-    return [{k: v for k, v in r.items() if k != "samples_us"} for r in results]
+    return [{k: v for k, v in r.items() if k not in ("samples_us", "rounds_us")} for r in results]
 
 
 def _r(x: float) -> float:
@@ -427,26 +466,80 @@ def _rank_index(u: np.ndarray, n: int) -> np.ndarray:
     return np.clip(np.ceil(u * n).astype(np.int64), 1, n) - 1
 
 
-def median_ci(x: np.ndarray, bootstrap: int, seed: int) -> tuple[float, float]:
-    """Bootstrap 95 % interval (percentile method) of the median of ``x``."""
-    meds = bootstrap_medians(x, bootstrap, np.random.default_rng(seed))
-    lo, hi = np.percentile(meds, [2.5, 97.5])
+Samples = np.ndarray | Sequence[np.ndarray]  # pooled latencies, or one array per round
+
+
+def _rounds(x: Samples) -> list[np.ndarray]:
+    if isinstance(x, np.ndarray) and x.ndim == 1:
+        return [x.astype(np.float64)]
+    return [np.asarray(r, dtype=np.float64) for r in x]
+
+
+def round_medians(rounds: Sequence[np.ndarray], picks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Medians of two-level bootstrap resamples: rounds drawn with replacement (``picks``, one row of round
+    indices per resample), then latencies drawn from the chosen rounds.
+
+    The second level uses :func:`bootstrap_medians`' order-statistic draw on the chosen rounds' weighted
+    distribution (each round weighs as often as it was picked), so a resample costs O(n) per distinct set of
+    picks. Drift between rounds (frequency, cache, a neighbour's load) widens the interval, as it should:
+    resampling single latencies alone treats them as independent and gives intervals that the next run misses.
+    """
+    data = np.concatenate(rounds)
+    ids = np.concatenate([np.full(r.size, i) for i, r in enumerate(rounds)])
+    order = np.argsort(data, kind="stable")
+    xs, ids = data[order], ids[order]
+    n, n_rounds = xs.size, len(rounds)
+    sizes = np.array([r.size for r in rounds], dtype=np.float64)
+    counts = np.stack([np.bincount(p, minlength=n_rounds) for p in picks])
+    k = (n + 1) // 2
+    u = rng.beta(k, n - k + 1, size=len(picks))
+    out = np.empty(len(picks))
+    uniq, inv = np.unique(counts, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    for j, c in enumerate(uniq):
+        cdf = np.cumsum(c[ids] / float(c @ sizes))
+        rows = inv == j
+        out[rows] = xs[np.minimum(np.searchsorted(cdf, u[rows]), n - 1)]
+    return out
+
+
+def _medians(x: Samples, bootstrap: int, rng: np.random.Generator, picks: np.ndarray | None) -> np.ndarray:
+    rounds = _rounds(x)
+    if len(rounds) == 1:
+        return bootstrap_medians(rounds[0], bootstrap, rng)
+    return round_medians(rounds, picks, rng)
+
+
+def median_ci(x: Samples, bootstrap: int, seed: int) -> tuple[float, float]:
+    """Bootstrap 95 % interval (percentile method) of the median of ``x``: pooled latencies, or one array per
+    round (then rounds are resampled too, see :func:`round_medians`)."""
+    rng = np.random.default_rng(seed)
+    n_rounds = len(_rounds(x))
+    picks = rng.integers(0, n_rounds, size=(bootstrap, n_rounds))
+    lo, hi = np.percentile(_medians(x, bootstrap, rng, picks), [2.5, 97.5])
     return float(lo), float(hi)
 
 
-def ratio_ci(
-    lat_a_us: np.ndarray, lat_b_us: np.ndarray, bootstrap: int = 1000, seed: int = 0
-) -> tuple[float, float, float]:
-    """p50(a) / p50(b) and its bootstrap 95 % interval (a and b resampled independently).
+def ratio_ci(lat_a_us: Samples, lat_b_us: Samples, bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """p50(a) / p50(b) and its bootstrap 95 % interval.
+
+    Given one array per round for both (measured in the same alternating rounds), the rounds are resampled
+    as pairs, so drift that slows both models alike cancels in the ratio while drift that does not widens
+    the interval; given pooled arrays, a and b are resampled independently.
 
     Returns:
         (ratio, lo, hi).
     """
-    a = np.asarray(lat_a_us, dtype=np.float64)
-    b = np.asarray(lat_b_us, dtype=np.float64)
+    ra, rb = _rounds(lat_a_us), _rounds(lat_b_us)
     rng = np.random.default_rng(seed)
-    boot = bootstrap_medians(a, bootstrap, rng) / bootstrap_medians(b, bootstrap, rng)
+    picks = None
+    if len(ra) == len(rb) > 1:
+        picks = rng.integers(0, len(ra), size=(bootstrap, len(ra)))
+    else:
+        ra, rb = [np.concatenate(ra)], [np.concatenate(rb)]
+    boot = _medians(ra, bootstrap, rng, picks) / _medians(rb, bootstrap, rng, picks)
     lo, hi = np.percentile(boot, [2.5, 97.5])
+    a, b = np.concatenate(ra), np.concatenate(rb)
     return float(np.median(a) / np.median(b)), float(lo), float(hi)
 
 
@@ -468,8 +561,9 @@ def ratios(
     for (model, batch), res in by_key.items():
         if model != numerator or (denominator, batch) not in by_key:
             continue
-        other = by_key[(denominator, batch)]["samples_us"]
-        ratio, lo, hi = ratio_ci(res["samples_us"], other, bootstrap, seed)
+        other = by_key[(denominator, batch)]
+        ratio, lo, hi = ratio_ci(res.get("rounds_us", res["samples_us"]),
+                                 other.get("rounds_us", other["samples_us"]), bootstrap, seed)
         out.append({"batch_size": batch, "ratio_p50": round(ratio, 4), "ci95": [round(lo, 4), round(hi, 4)]})
     return out
 
@@ -651,6 +745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--min-runs", type=int, default=d.min_runs, help="timed calls per window")
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--max-window", type=float, default=d.max_window_s)
+    p.add_argument("--one-session", action="store_true",
+                   help="time one session throughout (default: a fresh session from the second round on)")
     p.add_argument("--bootstrap", type=int, default=d.bootstrap)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--inputs", type=Path, help=".npy (one input) or .npz (named inputs); default random")
@@ -674,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bootstrap=a.bootstrap,
         seed=a.seed,
         max_window_s=a.max_window,
+        renew_sessions=not a.one_session,
     )
     given = _load_inputs(a.inputs) if a.inputs else None
     models: list[dict] = []
@@ -693,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runners[label] = {}
         for b in a.batch_sizes:
             x = batch_inputs(given, b) if given is not None else random_feeds(specs, b, a.seed)
-            runners[label][b] = ort_runner(session, x)
+            runners[label][b] = ort_runner(session, x, lambda path=path: create_ort_session(path, settings)[0])
     total = count_windows(runners, settings)
     done = [0]
 

@@ -20,6 +20,7 @@ def harness_settings(cfg) -> Any:
         intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
         graph_optimization=cfg.graph_optimization, warmup_s=cfg.warmup_s, warmup_runs=cfg.warmup_runs,
         min_duration_s=cfg.min_duration_s, min_runs=cfg.min_runs, rounds=cfg.rounds,
+        renew_sessions=cfg.renew_sessions,
     )
 
 
@@ -52,6 +53,21 @@ def _runners(run, settings, inputs) -> tuple[dict[str, dict[int, Any]], dict[str
             loaded = backend.load(run.onnx[model], settings, batch_sizes=tuple(inputs))
             runners[label] = {b: loaded.runner(x) for b, x in inputs.items()}
             setup[label] = {"backend": backend_name, "model": model, "setup_s": loaded.setup_s, **loaded.info}
+    if run.variants:
+        # Compressed variants on onnxruntime's CPU provider (the target of INT8); an A/A control per FP32 model
+        # with variants (the same file in a second session) at the batch the shipping guard judges, so the
+        # guard knows how far two identical models differ here.
+        ort_cpu = BACKENDS.get("onnxruntime-cpu")
+        for label, (_, path) in run.variants.items():
+            loaded = ort_cpu.load(path, settings, batch_sizes=tuple(inputs))
+            runners[label] = {b: loaded.runner(x) for b, x in inputs.items()}
+            setup[label] = {"backend": "onnxruntime-cpu", "model": label, "setup_s": loaded.setup_s, **loaded.info}
+        b = run.cfg.ship.batch_size
+        for model in dict.fromkeys(m for m, _ in run.variants.values()):
+            loaded = ort_cpu.load(run.onnx[model], settings, batch_sizes=(b,))
+            runners[f"{model}@aa"] = {b: loaded.runner(inputs[b])}
+            setup[f"{model}@aa"] = {"backend": "onnxruntime-cpu", "model": model, "setup_s": loaded.setup_s,
+                                    "control": "A/A: the FP32 file again in a second session", **loaded.info}
     if cfg.torch_baseline:
         label = "teacher@torch-eager-cpu"
         loaded = BACKENDS.get("torch-eager-cpu").load(run.teacher, settings, batch_sizes=tuple(inputs))
@@ -60,43 +76,18 @@ def _runners(run, settings, inputs) -> tuple[dict[str, dict[int, Any]], dict[str
     return runners, setup, skipped
 
 
-def _rss_bytes() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def session_memory(path, settings, x: np.ndarray) -> dict[str, Any]:
-    """RSS growth of this process from creating an onnxruntime session on ``path`` and running ``x``.
-
-    Measured in-process before the timed windows; includes onnxruntime's arena allocations. A fresh process
-    would also pay onnxruntime's own import (not counted here).
-    """
-    import gc
-
-    from kd2deploy.bench.harness import create_ort_session, ort_runner
-
-    gc.collect()
-    before = _rss_bytes()
-    session, _ = create_ort_session(path, settings)
-    runner = ort_runner(session, x)
-    for _ in range(5):
-        runner()
-    after = _rss_bytes()
-    del runner, session
-    return {"rss_delta_bytes": max(0, after - before), "batch_size": len(x)}
-
-
 def benchmark_models(run, progress) -> dict[str, Any]:
     """Latency of teacher and student, interleaved round by round, at every configured batch size."""
     from kd2deploy.bench.flops import count_flops
     from kd2deploy.bench.harness import count_windows, measure, peak_flops_probe, ratios, strip_samples
+    from kd2deploy.bench.memory import METHOD, measure_memory
 
     cfg = run.cfg.benchmark
     settings = harness_settings(cfg)
     inputs = _inputs(run, cfg.batch_sizes)
     biggest = inputs[max(inputs)]
-    memory = {name: session_memory(run.onnx[name], settings, biggest) for name in COMPARED}
+    files = {**{name: run.onnx[name] for name in COMPARED}, **{label: p for label, (_, p) in run.variants.items()}}
+    memory = {label: measure_memory(path, settings, len(biggest)) for label, path in files.items()}
     runners, setup, skipped = _runners(run, settings, inputs)
     task = progress.add_task("benchmark", total=count_windows(runners, settings), info="")
     results = measure(runners, settings, keep_samples=True,
@@ -104,6 +95,7 @@ def benchmark_models(run, progress) -> dict[str, Any]:
     pairs = [("teacher", "student")]
     if "teacher@torch-eager-cpu" in runners:
         pairs.append(("teacher@torch-eager-cpu", "student"))
+    pairs += [(model, label) for label, (model, _) in run.variants.items()]
     ratio_rows = []
     for num, den in pairs:
         for r in ratios(results, num, den, bootstrap=settings.bootstrap, seed=settings.seed):
@@ -122,8 +114,13 @@ def benchmark_models(run, progress) -> dict[str, Any]:
             "floor_us": flops / peak * 1e6 if peak else None,
             "memory": memory[name],
         }
+    for label, (model, path) in run.variants.items():
+        models[label] = {**models[model], "variant_of": model, "size_bytes": path.stat().st_size,
+                         "floor_us": None, "memory": memory[label]}  # INT8/FP16 arithmetic: no FP32 floor
+    run.latency = results
     warnings = [f"benchmark window of {r['model']} at batch {r['batch_size']} was cut short"
                 for r in results if r.get("window_short")]
+    warnings += [f"peak memory of {label} not measured: {m['error']}" for label, m in memory.items() if "error" in m]
     run.results["warnings"].extend(warnings)
     p50 = {(r["model"], r["batch_size"]): r["p50_us"] for r in results}
     b0 = cfg.batch_sizes[0]
@@ -139,8 +136,7 @@ def benchmark_models(run, progress) -> dict[str, Any]:
         "results": strip_samples(results),
         "ratios": ratio_rows,
         "models": models,
-        "memory_method": "RSS growth of the benchmark process from creating the onnxruntime session and running "
-                         "the largest batch 5 times (psutil), measured before the timed windows",
+        "memory_method": METHOD.format(runs=5),
         "peak_flops_per_s": peak,
         "peak_flops_method": f"float32 256x256 numpy matmul, {settings.intra_op_threads} BLAS thread(s)",
     }

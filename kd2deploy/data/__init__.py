@@ -113,6 +113,10 @@ def npz_file(cfg: Any, seed: int) -> DataBundle:
             raise ConfigError(f"{path}: {k} has dtype {v.dtype}; expected a float or integer array")
         if k.startswith("y") and not np.issubdtype(v.dtype, np.integer):
             raise ConfigError(f"{path}: {k} has dtype {v.dtype}; expected integer class indices")
+        if k.startswith("y") and v.ndim != 1:
+            raise ConfigError(f"{path}: {k} has shape {v.shape}; expected one class index per sample (1-D)")
+        if k.startswith("x") and v.ndim < 2:
+            raise ConfigError(f"{path}: {k} has shape {v.shape}; expected (samples, features...)")
     for part in ("train", "val", "test"):
         if f"x_{part}" in arrays and len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]):
             raise ConfigError(

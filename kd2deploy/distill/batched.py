@@ -32,10 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd2deploy.distill.arms import Arm, initial_weights, train_arms
-from kd2deploy.distill.losses import LOSSES, hinton_loss, mse_logits_loss
-from kd2deploy.distill.train import History, _optimizer, one_cycle
-from kd2deploy.errors import Kd2DeployError, StageError
+from kd2deploy.distill.arms import Arm, arm_pool, initial_weights, train_arms
+from kd2deploy.distill.losses import (
+    LOSSES,
+    hard_ce,
+    hinton_loss,
+    mse_logits_loss,
+    teacher_log_probs,
+    teacher_mean_logits,
+)
+from kd2deploy.distill.train import DivergedError, History, _optimizer, one_cycle
+from kd2deploy.distill.transfer import BatchOrder
+from kd2deploy.errors import Kd2DeployError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,9 @@ def train_arms_batched(
     *,
     engine: str = "auto",
     max_models: int = 64,
+    labelled: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
+    perturb=None,
 ) -> list[tuple[nn.Module, History]]:
     """``train_arms`` with every arm trained at once; returns (model, history) in the order of ``arms``.
 
@@ -77,28 +88,63 @@ def train_arms_batched(
         engine: "auto" (fastest that works, else ``train_arms``), or force "fast", "vmap" or "sequential";
             a forced engine that cannot run these arms raises CannotBatch.
         max_models: at most this many arms are stacked at once (bounds memory); more train in chunks.
+        labelled, teacher, perturb: as for ``train_arms``. Few labels (per-arm batch pools) and ensembles
+            (teacher logits with a member axis) train stacked; arms with weighted / hint terms (hooks on each
+            student) train one by one while the others stay stacked; per-step perturbations (the teacher runs on
+            every batch) make every arm train one by one. A log line says which.
 
     Raises:
         StageError: when an arm's loss becomes NaN or infinite (the message names the arm and the epoch).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-    if any(a.loss for a in arms) and teacher_logits is None:
+    if any(a.needs_teacher for a in arms) and teacher_logits is None and teacher is None:
         raise ValueError("distillation needs teacher_logits")
+    extra = {"labelled": labelled, "teacher": teacher, "perturb": perturb}
     if engine == "sequential" or (engine == "auto" and len(arms) < 2):
-        return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch)
+        return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch, **extra)
+    unbatchable = _unbatchable(arms, perturb)
+    if unbatchable:
+        if engine != "auto":
+            raise CannotBatch(unbatchable)
+        hooked = [a for a in arms if a.terms]
+        if (perturb is not None and perturb.active) or len(hooked) >= len(arms) - 1:
+            log.info("training %d arms one by one: %s", len(arms), unbatchable)
+            return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch, **extra)
+        # the arms with hint / weighted terms one by one, the others stacked; results in the order of ``arms``
+        log.info("training %d arms one by one (%s), the other %d stacked", len(hooked), unbatchable,
+                 len(arms) - len(hooked))
+        rest = [a for a in arms if not a.terms]
+        done = dict(zip(hooked, train_arms(build, hooked, tensors, teacher_logits, cfg, on_epoch=on_epoch, **extra),
+                        strict=True))
+        done.update(zip(rest, train_arms_batched(build, rest, tensors, teacher_logits, cfg, on_epoch, engine=engine,
+                                                 max_models=max_models, **extra), strict=True))
+        return [done[a] for a in arms]
+    if teacher_logits is None and any(a.needs_teacher for a in arms):
+        from kd2deploy.distill.teacher import teacher_logits_of
+
+        teacher_logits = teacher_logits_of(teacher, tensors[0])
     out: list[tuple[nn.Module, History]] = []
     for start in range(0, len(arms), max_models):
         chunk = arms[start : start + max_models]
-        out += _train_chunk(build, chunk, tensors, teacher_logits, cfg, on_epoch, engine)
+        out += _train_chunk(build, chunk, tensors, teacher_logits, cfg, on_epoch, engine, labelled)
     return out
 
 
+def _unbatchable(arms: list[Arm], perturb) -> str | None:
+    """Why these arms must train one by one, or None."""
+    if perturb is not None and perturb.active:
+        return "per-step augmentation / mixup runs the teacher on every batch"
+    if any(a.terms for a in arms):
+        return "weighted / hint terms need hooks on each student"
+    return None
+
+
 # ------------------------------------------------------------------------------------------- planning
-def _train_chunk(build, arms, tensors, teacher_logits, cfg, on_epoch, engine):
+def _train_chunk(build, arms, tensors, teacher_logits, cfg, on_epoch, engine, labelled=None):
     def sequential(reason: str):
         log.info("training %d arms one by one: %s", len(arms), reason)
-        return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch)
+        return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch, labelled=labelled)
 
     inits: dict[int, dict[str, torch.Tensor]] = {}
     models = []
@@ -116,7 +162,7 @@ def _train_chunk(build, arms, tensors, teacher_logits, cfg, on_epoch, engine):
         return sequential(str(e))
     log.info("training %d arms as one stacked model (%s engine)", len(arms), chosen)
     try:
-        return _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch)
+        return _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch, labelled)
     except Kd2DeployError:
         raise
     except Exception as e:  # noqa: BLE001 - e.g. out of memory: the plain loop may still work
@@ -202,13 +248,13 @@ def _arm_loss(arm: Arm) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], 
     """The loss ``fit`` uses for this arm, as ``fn(student_logits, teacher_logits, y)``."""
     if arm.loss:
         return partial(LOSSES.get(arm.loss), temperature=arm.temperature, alpha=arm.alpha)
-    return lambda logits, _tl, y, ls=arm.label_smoothing: F.cross_entropy(logits, y, label_smoothing=ls)
+    return lambda logits, _tl, y, ls=arm.label_smoothing: hard_ce(logits, y, ls)
 
 
 def _hinton_stacked(logits, teacher_logits, y, *, temperature: float, alpha: float):
     """``losses.hinton_loss`` per model of stacked ``(models, batch, classes)`` logits."""
     t = temperature
-    kl = F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+    kl = F.kl_div(F.log_softmax(logits / t, dim=-1), teacher_log_probs(teacher_logits, logits.dim(), t),
                   reduction="none", log_target=True)
     loss = alpha * t * t * kl.sum(-1).mean(-1)
     if alpha < 1:
@@ -218,18 +264,15 @@ def _hinton_stacked(logits, teacher_logits, y, *, temperature: float, alpha: flo
 
 def _mse_logits_stacked(logits, teacher_logits, y, *, temperature: float, alpha: float):
     """``losses.mse_logits_loss`` per model of stacked logits."""
-    loss = alpha * (logits - teacher_logits).square().mean((1, 2))
+    loss = alpha * (logits - teacher_mean_logits(teacher_logits, logits.dim())).square().mean((1, 2))
     if alpha < 1:
         loss = loss + (1 - alpha) * _cross_entropy_stacked(logits, y)
     return loss
 
 
 def _cross_entropy_stacked(logits, y, label_smoothing: float = 0.0):
-    """``F.cross_entropy`` (mean over the batch) per model of stacked logits."""
-    m, b, k = logits.shape
-    per = F.cross_entropy(logits.reshape(m * b, k), y.reshape(m * b), label_smoothing=label_smoothing,
-                          reduction="none")
-    return per.view(m, b).mean(1)
+    """``losses.hard_ce`` (mean over the labelled samples of the batch) per model of stacked logits."""
+    return hard_ce(logits, y, label_smoothing)
 
 
 _STACKED_LOSSES = {"hinton": _hinton_stacked, "mse-logits": _mse_logits_stacked}
@@ -275,7 +318,7 @@ def _loss_fn(arms: list[Arm]):
 
 
 # ------------------------------------------------------------------------------------------- training
-def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch):
+def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch, labelled=None):
     x_train, y_train, x_val, y_val = tensors[:4]
     m, n = len(arms), len(y_train)
     params, buffers = _stack(models)
@@ -285,28 +328,34 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
         group["foreach"] = True
     total = cfg.epochs * math.ceil(n / cfg.batch_size)
     sched = one_cycle(opt, cfg.lr, total) if cfg.schedule == "cosine" else None
-    seeds = list(dict.fromkeys(a.seed for a in arms))
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    row = torch.tensor([seeds.index(a.seed) for a in arms])
+    # one batch order per (seed, pool); arms that share both share it (same batches, as in train_arms)
+    pools = [arm_pool(a, n, labelled) for a in arms]
+    keys = [(a.seed, None if p is None else a.needs_teacher) for a, p in zip(arms, pools, strict=True)]
+    orders = {k: BatchOrder(n, cfg.batch_size, k[0], p) for k, p in zip(keys, pools, strict=True)}
+    row = torch.tensor([list(orders).index(k) for k in keys])
     hists = [History() for _ in arms]
+    good = _snapshot(params, buffers)
     t0 = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        perm = torch.stack([torch.randperm(n, generator=g) for g in gens])[row]
+        batches = [o.epoch() for o in orders.values()]
         running = torch.zeros(m, dtype=torch.float64)
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[:, i : i + cfg.batch_size]
+        for step in range(len(batches[0])):
+            idx = torch.stack([b[step] for b in batches])[row]
             logits = forward(params, buffers, x_train[idx], True)
             losses = loss_fn(logits, None if teacher_logits is None else teacher_logits[idx], y_train[idx])
             bad = ~torch.isfinite(losses.detach())
             if bad.any():
                 k = int(bad.nonzero()[0])
-                raise _diverged(arms[k], float(losses[k].detach()), epoch)
+                state = {name: v[k].clone() for name, v in good.items()}
+                models[k].load_state_dict(state)
+                raise DivergedError(f"student {arms[k].key}", float(losses[k].detach()), epoch, state)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
             if sched is not None:
                 sched.step()
             running += losses.detach().double() * idx.shape[1]
+        good = _snapshot(params, buffers)
         val = _evaluate(forward, params, buffers, x_val, y_val, m)
         elapsed = (time.perf_counter() - t0) / m
         for k, (arm, hist) in enumerate(zip(arms, hists, strict=True)):
@@ -328,12 +377,9 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
     return out
 
 
-def _diverged(arm: Arm, value: float, epoch: int) -> StageError:
-    """The error ``fit`` raises when the loss stops being finite."""
-    return StageError(
-        f"student {arm.key}: the training loss became {value} in epoch {epoch}; kept the weights of epoch "
-        f"{epoch - 1}. Lower the learning rate or check the inputs for extreme values."
-    )
+def _snapshot(params, buffers) -> dict[str, torch.Tensor]:
+    """A copy of the stacked weights (the last good epoch, for a run that diverges)."""
+    return {**{k: p.detach().clone() for k, p in params.items()}, **{k: b.clone() for k, b in buffers.items()}}
 
 
 class _Holder:

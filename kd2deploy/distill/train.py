@@ -1,12 +1,13 @@
 """The training loop shared by the teacher, the KD student and the scratch controls.
 
-Data sets here are small enough to live in memory as tensors, so an epoch is a seeded permutation of indices:
-no DataLoader workers, and every arm of a comparison sees the same batches in the same order.
+Data sets here are small enough to live in memory as tensors, so an epoch is a seeded permutation of indices
+(``transfer.BatchOrder``): no DataLoader workers, and every arm of a comparison sees the same batches in the same
+order. With few labels an arm may draw full batches from a pool (the labelled samples) instead, for the same
+number of steps; per-step perturbations (shifts, mixup) come from a generator seeded like the batch order.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,28 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     }
 
 
+class DivergedError(StageError):
+    """The training loss stopped being finite. ``state`` holds the model's last good weights (end of the
+    previous epoch, or the initial ones), which the model has been reset to; ``epoch`` is where it broke."""
+
+    def __init__(self, name: str, value: float, epoch: int, state: dict[str, torch.Tensor] | None = None):
+        super().__init__(
+            f"{name}: the training loss became {value} in epoch {epoch}; kept the weights of epoch {epoch - 1}. "
+            "Lower the learning rate or check the inputs for extreme values."
+        )
+        self.name, self.value, self.epoch, self.state = name, value, epoch, state
+
+
+class _Params:
+    """Lets ``_optimizer`` see a model's parameters plus extra trainable ones (hint adapters)."""
+
+    def __init__(self, model: nn.Module, extra: list[torch.Tensor]):
+        self._params = [*model.parameters(), *extra]
+
+    def parameters(self):
+        return iter(self._params)
+
+
 def fit(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -73,55 +96,79 @@ def fit(
     cfg,
     seed: int,
     *,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    teacher_logits: torch.Tensor | None = None,
+    loss_fn: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor] | None = None,
+    teacher_logits: Any = None,
     label_smoothing: float | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     name: str = "model",
+    pool: torch.Tensor | None = None,
+    teacher_fn: Callable[[torch.Tensor], Any] | None = None,
+    perturb=None,
+    extra_params: list[torch.Tensor] | None = None,
 ) -> History:
     """Trains ``model`` in place for ``cfg.epochs`` epochs.
 
     Args:
         cfg: a TrainConfig (epochs, batch_size, lr, weight_decay, optimizer, schedule, label_smoothing).
-        seed: seeds the batch order (the initial weights are the caller's business).
-        loss_fn: ``loss_fn(student_logits, teacher_logits_batch, y)`` for distillation; None means
+        seed: seeds the batch order and the perturbations (the initial weights are the caller's business).
+        y_train: class indices; -1 marks an unlabelled sample (it only counts in soft terms).
+        loss_fn: ``loss_fn(student_logits, teacher_out_batch, y)`` for distillation; None means
             cross-entropy on hard labels with ``label_smoothing`` (default: ``cfg.label_smoothing``).
-        teacher_logits: the teacher's logits for every training sample, computed once by the caller.
+        teacher_logits: the teacher's outputs for every training sample (a tensor, or a dict of tensors),
+            computed once by the caller; used when the transfer set has no per-step randomness.
+        teacher_fn: the teacher's outputs on a batch; used instead of ``teacher_logits`` when ``perturb`` is
+            active, so the teacher sees the same augmented view as the student.
+        pool: None, or the indices to draw full batches from (see ``transfer.BatchOrder``): same steps per
+            epoch as a full pass over ``x_train``.
+        perturb: a ``transfer.Perturb`` (random shifts, mixup), or None.
+        extra_params: more tensors to optimise with the model (hint adapters).
         on_epoch: called after each epoch with (epoch, metrics), e.g. to advance a progress bar.
 
     Raises:
-        StageError: when the loss becomes NaN or infinite (the model is left at its last good epoch).
+        DivergedError: a StageError naming ``name`` and the epoch, when the loss becomes NaN or infinite; the
+            model is reset to its last good epoch, whose weights the error carries.
     """
-    if loss_fn is not None and teacher_logits is None:
-        raise ValueError("distillation needs teacher_logits")
+    from kd2deploy.distill.losses import hard_ce
+    from kd2deploy.distill.teacher import take
+    from kd2deploy.distill.transfer import BatchOrder
+    from kd2deploy.distill.transfer import perturb as apply_perturb
+
+    live = perturb is not None and perturb.active
+    if loss_fn is not None and teacher_logits is None and not (live and teacher_fn is not None):
+        raise ValueError("distillation needs teacher_logits (or teacher_fn with per-step perturbations)")
     smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
-    gen = torch.Generator().manual_seed(seed)
-    opt = _optimizer(model, cfg)
-    n = len(y_train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    order = BatchOrder(len(y_train), cfg.batch_size, seed, pool)
+    aug_gen = torch.Generator().manual_seed(seed + 7919)
+    opt = _optimizer(_Params(model, extra_params or []), cfg)
+    total = cfg.epochs * order.steps
     sched = one_cycle(opt, cfg.lr, total) if cfg.schedule == "cosine" else None
     hist = History()
+
+    def step_loss(logits, t_batch, y):
+        return hard_ce(logits, y, smoothing) if loss_fn is None else loss_fn(logits, t_batch, y)
+
     good_state = {k: v.clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        perm = torch.randperm(n, generator=gen)
         running, count = 0.0, 0
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
+        for idx in order.epoch():
             xb, yb = x_train[idx], y_train[idx]
+            mix = None
+            if live:
+                xb, mix = apply_perturb(xb, yb, perturb, aug_gen)
+            t_batch = None
+            if loss_fn is not None:
+                t_batch = teacher_fn(xb) if live and teacher_fn is not None else take(teacher_logits, idx)
             logits = model(xb)
-            if loss_fn is None:
-                loss = F.cross_entropy(logits, yb, label_smoothing=smoothing)
-            else:
-                loss = loss_fn(logits, teacher_logits[idx], yb)
+            if mix is None:
+                loss = step_loss(logits, t_batch, yb)
+            else:  # every term is linear in the hard-label CE: mixing the losses mixes the labels
+                lam, y2 = mix
+                loss = lam * step_loss(logits, t_batch, yb) + (1 - lam) * step_loss(logits, t_batch, y2)
             if not torch.isfinite(loss):
                 model.load_state_dict(good_state)
-                raise StageError(
-                    f"{name}: the training loss became {float(loss)} in epoch {epoch}; kept the weights of "
-                    f"epoch {epoch - 1}. Lower the learning rate or check the inputs for extreme values."
-                )
+                raise DivergedError(name, float(loss.detach()), epoch, good_state)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

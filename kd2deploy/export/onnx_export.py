@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from kd2deploy.errors import StageError
+from kd2deploy.errors import StageError, write_error
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -88,6 +88,8 @@ def export_onnx(model, x_test: np.ndarray, y_test: np.ndarray, path: Path, cfg, 
     try:
         try:
             _export(model, example, tmp, cfg.opset, cfg.dynamo)
+        except OSError as e:  # disk full, read-only folder: not the exporter's fault
+            raise write_error(path, e) from e
         except Exception as e:  # noqa: BLE001 - exporter failures come from deep inside torch
             raise StageError(
                 f"export of {name} to ONNX failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "

@@ -3,7 +3,7 @@
 Every variant is made from the FP32 file that the export stage proved against PyTorch, written atomically, and
 judged against that source on the test split: accuracy, parity and, for static INT8, how far test logits
 reach beyond the range the calibration data taught the quantiser (values beyond it are clipped). Whether a
-variant ships is decided by :mod:`kd2deploy.ship`: compression that is not faster, or costs accuracy, is
+variant ships is decided by :mod:`kd2deploy.ship.guard`: compression that is not faster, or costs accuracy, is
 not kept.
 """
 
@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from kd2deploy.config import PositiveInt, Strict
 from kd2deploy.errors import StageError
 from kd2deploy.registry import Registry
+from kd2deploy.strict import PositiveInt, Strict
 
 METADATA_KEY = "kd2deploy.variant"
 CALIBRATION_SEED = 0
@@ -142,7 +142,7 @@ VariantSpec = Annotated[
 class VariantsConfig(Strict):
     """Which compressed variants to make, and of which exported models."""
 
-    variants: list[VariantSpec] = Field(default_factory=lambda: [Int8StaticSpec(), Int8DynamicSpec()])
+    variants: list[VariantSpec] = Field(default_factory=lambda: [Int8StaticSpec()])
     apply_to: list[Literal["teacher", "student"]] = Field(default_factory=lambda: ["teacher", "student"])
 
     @field_validator("variants")

@@ -100,6 +100,10 @@ def _kpis(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [speed_kpi, energy_kpi, acc_kpi]
 
 
+def _mib(n: int | None) -> float | None:
+    return None if n is None else n / 2**20
+
+
 def _models_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     bench_models = _get(results, "benchmark", "models", default={})
@@ -135,6 +139,8 @@ def _models_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "p50": b1["p50_us"] if b1 else None,
                 "p50_batch": b1["batch_size"] if b1 else None,
                 "floor_us": bm.get("floor_us"),
+                "memory_mib": _mib((bm.get("memory") or {}).get("peak_rss_bytes")),
+                "session_mib": _mib((bm.get("memory") or {}).get("session_peak_bytes")),
                 "energy_mj": _energy_mj(energy.get(name, {}), basis),
             }
         )
@@ -191,7 +197,45 @@ def _distill_rows(results: dict[str, Any]) -> dict[str, Any]:
         "loss": d.get("loss"),
         "train_time_s": times,
         "energy": d.get("energy"),
+        "setup": _distill_setup(results),
     }
+
+
+def _distill_setup(results: dict[str, Any]) -> list[str]:
+    """Sentences on what the KD student learnt from: ensemble members, labels seen, loss terms, transfer set."""
+    d = results.get("distill") or {}
+    teacher = _get(results, "models", "teacher", default={})
+    out = []
+    members = teacher.get("members") or []
+    if members:
+        accs = ", ".join(f"{m['arch']} seed {m['seed']} {100 * m['test_accuracy_torch']:.2f} %" for m in members)
+        out.append(f"Teacher: an ensemble of {len(members)} ({accs}); the ensemble (mean of the members' "
+                   f"probabilities) scores {100 * teacher['test_accuracy_torch']:.2f} % on test and is the exported, "
+                   "benchmarked teacher.")
+    labels = d.get("labels") or {}
+    if labels and labels.get("labelled_fraction", 1.0) < 1:
+        seen = (d.get("teacher") or {}).get("labels_seen", "unknown")
+        seen_text = {"all": "the teacher was trained on every label (an upper bound, not a few-label setting)",
+                     "labelled": "the teacher was trained on the labelled samples only"}.get(seen, f"teacher: {seen}")
+        out.append(f"Few labels: {labels['n_labelled']} of {labels['n_train']} training samples keep their labels "
+                   f"({100 * labels['labelled_fraction']:g} %); {seen_text}. KD: {labels['kd']}; controls: "
+                   f"{labels['controls']}.")
+    terms = d.get("terms") or []
+    if len(terms) > 1 or any(t["loss"] in ("hint", "ce") for t in terms):
+        parts = []
+        for t in terms:
+            if t["loss"] == "hint":
+                parts.append(f"{t['weight']:g} x hint({t['student_layer']} -> {t['teacher_layer']}, via an adapter)")
+            elif t["loss"] == "ce":
+                parts.append(f"{t['weight']:g} x CE")
+            else:
+                parts.append(f"{t['weight']:g} x {t['loss']}(T={t['temperature']:g}, alpha={t['alpha']:g})")
+        out.append("KD loss: " + " + ".join(parts) + ".")
+    transfer = d.get("transfer") or {}
+    if transfer.get("shift_px") or transfer.get("mixup_alpha"):
+        out.append(f"Transfer set: random shifts up to {transfer['shift_px']} px, mixup alpha "
+                   f"{transfer['mixup_alpha']:g}, for every arm alike; teacher outputs {transfer['teacher_outputs']}.")
+    return out
 
 
 def _energy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,6 +265,62 @@ def _energy_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+SHORT_KIND = {"int8-static": "INT8", "int8-dynamic": "INT8-dyn", "fp16": "FP16", "optimized": "opt"}  # plot labels
+
+
+def _variant_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per FP32 model and each of its variants: accuracy, parity, latency at the guard's batch and its verdict."""
+    lat = {(r["model"], r["batch_size"]): r for r in _get(results, "benchmark", "results", default=[])}
+    rows = []
+    for model, entry in (results.get("variants") or {}).items():
+        sel = entry.get("selection") or {}
+        b = sel.get("batch_size", 1)
+        rejected = {r["name"]: r["reason"] for r in sel.get("rejected", [])}
+        ratio = {c["name"]: c.get("ratio_vs_source") for c in entry.get("candidates", [])}
+        fp32 = {"label": model, "name": "fp32", "kind": "fp32", "accuracy": entry["accuracy_fp32"],
+                "accuracy_drop_pp": 0.0, "size_bytes": _get(results, "export", model, "size_bytes"),
+                "parity": {}, "clipping_text": None}
+        for v in [fp32, *entry.get("variants", [])]:
+            r = lat.get((v["label"], b))
+            rows.append({
+                "model": model, "label": v["label"], "name": v["name"], "kind": v["kind"],
+                "accuracy": v["accuracy"], "drop_pp": v["accuracy_drop_pp"],
+                "size_kb": v["size_bytes"] / 1024 if v.get("size_bytes") else None,
+                "max_abs_diff": v["parity"].get("max_abs_diff"),
+                "argmax_agreement": v["parity"].get("argmax_agreement"),
+                "clipping": v.get("clipping_text"),
+                "memory_mib": _mib(_get(results, "benchmark", "models", v["label"], "memory", "peak_rss_bytes")),
+                "batch": b, "p50": r["p50_us"] if r else None, "p50_ci": r["p50_ci95_us"] if r else None,
+                "ratio": ratio.get(v["label"]),
+                "shipped": sel.get("shipped") == v["label"],
+                "status": ("selected: " + sel["reason"].split(": ", 1)[-1]) if sel.get("shipped") == v["label"]
+                else rejected.get(v["label"], "–"),
+                "short": "selected" if sel.get("shipped") == v["label"] else (
+                    "passes, not fastest" if rejected.get(v["label"], "").startswith("passes") else "rejected"),
+            })
+        for f in entry.get("failed", []):
+            rows.append({"model": model, "label": f"{model}.{f['name']}", "name": f["name"], "kind": f["kind"],
+                         "accuracy": None, "drop_pp": None, "size_kb": None, "max_abs_diff": None,
+                         "argmax_agreement": None, "clipping": None, "memory_mib": None, "batch": None,
+                         "p50": None, "p50_ci": None, "ratio": None,
+                         "status": f"not made: {f['reason']}", "short": "not made", "shipped": False})
+    return rows
+
+
+def _policy_text(results: dict[str, Any]) -> str:
+    """The shipping policy in words."""
+    p = _get(results, "pipeline", "resolved", "ship", default={}) or {}
+    rules = []
+    if p.get("min_relative_accuracy") is not None:
+        rules.append(f"accuracy at least {100 * p['min_relative_accuracy']:g} % of FP32's")
+    if p.get("max_accuracy_drop_pp") is not None:
+        rules.append(f"accuracy at most {p['max_accuracy_drop_pp']:g} pp below FP32")
+    if p.get("require_faster", True):
+        rules.append(f"the 95 % CI of its speed-up over FP32 above {p.get('min_speedup', 1.0):g}x (and above the "
+                     "A/A control's)")
+    return f"fastest at batch {p.get('batch_size', 1)} among FP32 and the variants with " + " and ".join(rules)
+
+
 def _energy_mj(model: dict[str, Any] | None, basis: str) -> float | None:
     j = ((model or {}).get(f"j_per_inference_{basis}") or {}).get("mean")
     return 1e3 * j if j and j > 0 else None
@@ -245,6 +345,10 @@ def _tradeoff_points(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "energy_mj": _energy_mj(energy.get(bench_name, {}), basis),
             }
         )
+    for entry in (results.get("variants") or {}).values():
+        for v in entry.get("variants", []):
+            pts.append({"name": f"{v['model']} {SHORT_KIND.get(v['kind'], v['name'])}", "accuracy": v["accuracy"],
+                        "latency_us": lat.get((v["label"], b)), "energy_mj": None})
     eager = lat.get(("teacher@torch-eager-cpu", b))
     if eager and "teacher" in results.get("export", {}):
         pts.append(
@@ -265,6 +369,8 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
     bench = results.get("benchmark") or {}
     energy = results.get("energy") or {}
     points = _tradeoff_points(results)
+    # the A/A controls are the FP32 files timed again: in the tables, not in the plots
+    bench_plot = {**bench, "results": [r for r in bench.get("results", []) if not r["model"].endswith("@aa")]}
     b = min((r["batch_size"] for r in bench.get("results", [])), default=1)
     stage_s = _get(results, "run", "stage_wall_s", default={}) or {}
     view = {
@@ -288,6 +394,9 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "stage_times": " · ".join(f"{k} {t:.1f} s" for k, t in stage_s.items()),
         "stage_total_s": sum(stage_s.values()) if stage_s else None,
         "ship": results.get("ship"),
+        "variants": _variant_rows(results),
+        "ship_policy": _policy_text(results),
+        "ship_selection": _get(results, "variants", "student", "selection"),
         "config_yaml": yaml.safe_dump(_get(results, "pipeline", "resolved", default={}), sort_keys=False),
         "plots": {},
     }
@@ -301,8 +410,8 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
                 "tradeoff_energy": plots.tradeoff_plot(
                     points, "energy_mj", "energy per inference (mJ, log)", "Accuracy vs energy"
                 ),
-                "latency": plots.latency_plot(bench),
-                "throughput": plots.throughput_plot(bench),
+                "latency": plots.latency_plot(bench_plot),
+                "throughput": plots.throughput_plot(bench_plot),
                 "curves": plots.curves_plot(results),
                 "energy": plots.energy_plot(energy),
             }.items()

@@ -65,8 +65,23 @@ def test_tiny_pipeline_end_to_end(write_pipeline, tmp_path):
         assert par["n_samples"] == res["data"]["n_test"]
     assert {a for a in res["distill"]["summary"]} == {"kd", "scratch"}
     assert len(res["distill"]["per_seed"]) == 2
+    variant = "int8-static-qdq-minmax"  # the default variant, made of teacher and student
     models = {(r["model"], r["batch_size"]) for r in res["benchmark"]["results"]}
-    assert models == {(m, b) for m in ("teacher", "student", "teacher@torch-eager-cpu") for b in (1, 4)}
+    timed = ("teacher", "student", "teacher@torch-eager-cpu", f"teacher.{variant}", f"student.{variant}")
+    assert models == {(m, b) for m in timed for b in (1, 4)} | {("teacher@aa", 1), ("student@aa", 1)}
+    for model in ("teacher", "student"):
+        entry = res["variants"][model]
+        (v,) = entry["variants"]
+        assert (run_dir / "models" / "variants" / v["path"]).is_file() and v["label"] == f"{model}.{variant}"
+        assert v["parity"]["n_samples"] == res["data"]["n_test"] and 0 < v["accuracy"] <= 1
+        sel = entry["selection"]
+        assert sel["shipped"] in (model, v["label"]) and sel["reason"]
+        assert {r["name"] for r in sel["rejected"]} == {model, v["label"]} - {sel["shipped"]}
+    ship = res["ship"]
+    assert ship["model"] == res["variants"]["student"]["selection"]["shipped"]
+    assert ship["source_sha256"] == (res["export"]["student"]["sha256"] if ship["variant"] is None
+                                     else res["variants"]["student"]["variants"][0]["sha256"])
+    assert (run_dir / "ship" / "student.onnx").is_file() and (run_dir / "ship" / "MODEL_CARD.md").is_file()
     for r in res["benchmark"]["results"]:
         assert r["runs"] >= 2 * 10 and r["p50_us"] <= r["p90_us"] <= r["p99_us"]
     energy = res["energy"]
@@ -76,4 +91,12 @@ def test_tiny_pipeline_end_to_end(write_pipeline, tmp_path):
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert not re.search(r"""(src|href)=["']https?://""", html), "the report must be self-contained"
-    assert res["headline"]["text"] in (run_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert res["headline"]["text"] in md
+    assert "## Compressed variants and the shipping guard" in md and f"student.{variant}" in md
+
+    rerendered = kd2deploy("report", str(run_dir), "--format", "md", cwd=tmp_path)
+    assert rerendered.returncode == 0, rerendered.stderr[-2000:]
+    assert (run_dir / "report.md").read_text() == md
+    cmp = kd2deploy("compare", str(run_dir), str(run_dir), cwd=tmp_path)
+    assert cmp.returncode == 0 and "configurations are identical" in cmp.stdout

@@ -94,6 +94,12 @@ def _variants(results: dict) -> dict[str, dict]:
     d["per_seed"] = [{"seed": s["seed"], "kd": s["kd"]} for s in d["per_seed"]]
     r["headline"] = headline(r)
     out["no controls"] = r
+    r = copy.deepcopy(results)
+    r["variants"]["student"]["failed"] = [{"name": "fp16-keepio", "kind": "fp16", "reason": "variant failed: X"}]
+    out["a variant failed"] = r
+    r = copy.deepcopy(results)
+    r["variants"] = {}
+    out["no variants"] = r
     return out
 
 
@@ -113,6 +119,9 @@ def test_reports_render_with_sections_missing(results, monkeypatch):
     assert "Not measured: energy tracking was disabled" in md and "| Energy per inference | **–** |" in md
     assert "one seed: no spread" in render_markdown(_variants(results)["one seed"])
     assert "teacher@torch-eager-cpu" not in render_markdown(_variants(results)["no torch baseline"])
+    assert "**student.fp16-keepio**: not made: variant failed: X" in render_markdown(
+        _variants(results)["a variant failed"])
+    assert "shipping guard" not in render_markdown(_variants(results)["no variants"])
 
 
 # ------------------------------------------------------------------------------------------------ HTML
@@ -297,7 +306,7 @@ def test_ship_student_stamps_metadata_and_keeps_outputs(run_copy, results):
 
     from kd2deploy.export.onnx_export import sha256_file
     from kd2deploy.report.schema import validate_results
-    from kd2deploy.report.ship import PREPROCESSING, ship_student, stamp_onnx
+    from kd2deploy.ship.package import PREPROCESSING, ship_student, stamp_onnx
 
     res = copy.deepcopy(results)
     path = ship_student(res, run_copy)
@@ -343,7 +352,7 @@ def test_ship_student_stamps_metadata_and_keeps_outputs(run_copy, results):
 
 
 def test_model_card_says_what_matters_and_its_snippet_runs(run_copy, results, monkeypatch, capsys):
-    from kd2deploy.report.ship import ship_student
+    from kd2deploy.ship.package import ship_student
 
     res = copy.deepcopy(results)
     path = ship_student(res, run_copy)

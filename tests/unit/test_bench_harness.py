@@ -6,6 +6,7 @@ No assertion compares speeds: shared CI machines are too noisy for that.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -193,6 +194,24 @@ def test_measure_interleaves_models_round_by_round():
     ]
     assert len(labels) == harness.count_windows(runners, one_call) == 18
     assert all(r["runs"] == 3 for r in results)
+
+
+def test_rounds_after_the_first_time_a_fresh_session(models):
+    """renew_sessions: every round but the first times a new InferenceSession; off, one session throughout."""
+    made = []
+
+    def make():
+        session, _ = harness.create_ort_session(models["small"], FAST)
+        made.append(session)
+        return session
+
+    x = harness.random_feeds(harness.session_input_specs(make()), 2)
+    runner = harness.ort_runner(made[0], x, make)
+    res = harness.measure({"m": {2: runner}}, FAST)
+    assert len(made) == 1 + (FAST.rounds - 1) and len({id(s) for s in made}) == len(made)
+    assert res[0]["runs"] >= FAST.rounds * FAST.min_runs
+    harness.measure({"m": {2: runner}}, dataclasses.replace(FAST, renew_sessions=False))
+    assert len(made) == FAST.rounds  # no new session
 
 
 def test_schedule_rotates():
@@ -404,3 +423,61 @@ def test_harness_file_runs_alone(models, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["results"][0]["model"] == "small"
+
+
+def test_round_medians_match_naive_two_level_resampling():
+    """Rounds resampled, then latencies within the chosen rounds: the shortcut matches doing it by hand."""
+    rng = np.random.default_rng(4)
+    rounds = [rng.lognormal(mean=m, sigma=0.1, size=300) for m in (2.0, 2.05, 2.1)]
+    picks = np.random.default_rng(5).integers(0, 3, size=(4_000, 3))
+    fast = harness.round_medians(rounds, picks, np.random.default_rng(6))
+    naive_rng = np.random.default_rng(7)
+    naive = []
+    for p in picks:
+        pooled = np.concatenate([rounds[i] for i in p])
+        naive.append(np.median(pooled[naive_rng.integers(0, pooled.size, pooled.size)]))
+    for q in (2.5, 25, 50, 75, 97.5):
+        assert np.percentile(fast, q) == pytest.approx(np.percentile(naive, q), rel=0.01)
+
+
+def test_drift_between_rounds_widens_the_intervals():
+    """Pooling rounds that disagree hides the drift; per-round resampling shows it. A drift shared by both
+    models (measured in the same rounds) cancels in their ratio."""
+    rng = np.random.default_rng(8)
+    drift = (1.0, 1.06, 0.95)
+    a = [d * 30 * rng.lognormal(0, 0.05, 2000) for d in drift]
+    b = [d * 10 * rng.lognormal(0, 0.05, 2000) for d in drift]
+    pooled_lo, pooled_hi = harness.median_ci(np.concatenate(a), 1000, 0)
+    lo, hi = harness.median_ci(a, 1000, 0)
+    assert hi - lo > 5 * (pooled_hi - pooled_lo)
+    _, rlo, rhi = harness.ratio_ci(a, b, 1000, 0)
+    assert rlo < 3.0 < rhi and rhi - rlo < 0.05  # the shared drift cancels
+    only_a = [d * 10 * rng.lognormal(0, 0.05, 2000) for d in (1.0, 1.0, 1.0)]
+    _, wlo, whi = harness.ratio_ci(a, only_a, 1000, 0)
+    assert whi - wlo > 0.1  # drift in one model only: the ratio's interval says so
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def test_memory_probe_sees_a_big_model_in_a_fresh_process(tmp_path):
+    """Each model's peak memory comes from its own process: 64 MiB of weights must show, a tiny model not."""
+    from kd2deploy.bench.memory import measure_memory
+
+    small = measure_memory(make_mlp_onnx(tmp_path / "small.onnx", hidden=4), FAST, batch_size=8)
+    big = measure_memory(make_mlp_onnx(tmp_path / "big.onnx", hidden=4096, d_in=4096), FAST, batch_size=8)
+    for m in (small, big):
+        assert "error" not in m, m
+        assert m["peak_rss_bytes"] >= m["baseline_peak_rss_bytes"] > 10 * 2**20  # python + numpy + onnxruntime
+        assert m["batch_size"] == 8 and "peak resident set" in m["method"]
+    weights = 4096 * 4096 * 4
+    assert big["session_peak_bytes"] - small["session_peak_bytes"] > 0.9 * weights
+
+
+def test_memory_probe_reports_a_broken_file(tmp_path):
+    from kd2deploy.bench.memory import measure_memory
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    res = measure_memory(bad, FAST, batch_size=1)
+    assert "peak_rss_bytes" not in res and res["error"].startswith("memory probe failed")

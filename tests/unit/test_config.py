@@ -17,9 +17,30 @@ def test_every_shipped_pipeline_validates(path):
 
 def test_defaults_live_in_schema():
     cfg = PipelineConfig()
-    assert cfg.distill.temperature == 4.0 and cfg.distill.alpha == 0.9
+    assert cfg.distill.temperature == 2.0 and cfg.distill.alpha == 0.5
+    assert [v.kind for v in cfg.variants.variants] == ["int8-static"] and cfg.ship.min_relative_accuracy == 0.99
     assert cfg.benchmark.intra_op_threads == 1
     assert cfg.config_hash() == PipelineConfig().config_hash()
+
+
+def test_errors_inside_variant_lists_name_the_users_path(write_pipeline):
+    """pydantic puts a discriminated union's tag into the location; the message must not."""
+    p = write_pipeline("variants:\n  variants:\n    - kind: int8-static\n      calibraton: minmax\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:4:7 variants.variants.0.calibraton: unknown key 'calibraton' "
+                                   "(did you mean 'calibration'?); allowed: calibration,")
+    p = write_pipeline("variants:\n  variants:\n    - kind: fp17\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == (f"{p}:3:7 variants.variants.0: kind 'fp17' is not allowed; allowed: 'int8-static', "
+                            "'int8-dynamic', 'fp16', 'optimized'")
+
+
+def test_ship_batch_must_be_timed(write_pipeline):
+    p = write_pipeline("benchmark:\n  batch_sizes: [8]\n")
+    with pytest.raises(ConfigError, match=r"ship.batch_size 1 is not timed; allowed: one of benchmark.batch_sizes"):
+        load_config(p)
 
 
 def test_misspelled_key_names_line_column_and_suggests(write_pipeline):

@@ -197,3 +197,60 @@ def test_rejects_bad_arguments(digits):
         train_arms_batched(build, ARMS[:2], tensors, None, CFG)
     with pytest.raises(ValueError, match="engine"):
         train_arms_batched(build, ARMS[:2], tensors, None, CFG, engine="gpu")
+
+
+def test_ensemble_and_few_labels_train_batched(digits, caplog):
+    """Teacher logits with a member axis and per-arm batch pools (few labels) keep batched == sequential."""
+    build, (x_tr, y_tr, x_va, y_va), teacher_logits = digits
+    members = torch.stack([teacher_logits, teacher_logits.flip(-1), 0.5 * teacher_logits], dim=1)
+    labelled = torch.arange(0, len(y_tr), 7)
+    y_masked = torch.full_like(y_tr, -1)
+    y_masked[labelled] = y_tr[labelled]
+    tensors = (x_tr, y_masked, x_va, y_va)
+    arms = ARMS[:3] + [ARMS[5]]
+    reference = train_arms(build, arms, tensors, members, CFG, labelled=labelled)
+    with caplog.at_level("INFO", logger="kd2deploy.distill.batched"):
+        batched = train_arms_batched(build, arms, tensors, members, CFG, labelled=labelled)
+    assert "fast engine" in caplog.text
+    _assert_same(reference, batched)
+    plain = train_arms(build, arms[:1], (x_tr, y_tr, x_va, y_va), members, CFG)
+    assert not torch.equal(plain[0][0].state_dict()["model.head.1.weight"],
+                           reference[0][0].state_dict()["model.head.1.weight"])
+
+
+def test_hint_terms_and_perturbations_fall_back_clearly(digits, caplog):
+    from kd2deploy.distill.terms import Term
+    from kd2deploy.distill.transfer import Perturb
+
+    build, tensors, teacher_logits = digits
+    torch.manual_seed(0)
+    teacher = build("cnn-small")
+    hint = Arm("kd", 0, loss="hinton", temperature=2.0, alpha=0.5,
+               terms=(Term("hinton", 1.0, 2.0, 0.5), Term("hint", 0.1, 0.0, 0.0, "features.2", "features.2")))
+    with pytest.raises(CannotBatch, match="hint terms"):
+        train_arms_batched(build, [hint, Arm("scratch", 0)], tensors, teacher_logits, CFG, engine="fast",
+                           teacher=teacher)
+    with caplog.at_level("INFO", logger="kd2deploy.distill.batched"):
+        out = train_arms_batched(build, ARMS[:2], tensors, None, CFG, teacher=teacher,
+                                 perturb=Perturb(shift_px=1))
+    assert "one by one: per-step augmentation" in caplog.text and len(out) == 2
+    arms = [ARMS[1], hint, ARMS[2]]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kd2deploy.distill.batched"):
+        out = train_arms_batched(build, arms, tensors, teacher_logits, CFG, teacher=teacher)
+    assert "training 1 arms one by one (weighted / hint terms" in caplog.text and "the other 2 stacked" in caplog.text
+    _assert_same(train_arms(build, arms, tensors, teacher_logits, CFG, teacher=teacher), out)
+
+
+def test_batched_divergence_keeps_the_last_good_epoch(digits):
+    from kd2deploy.distill.train import DivergedError
+
+    build, tensors, teacher_logits = digits
+    bad = teacher_logits.clone()
+    bad[100] = math.nan
+    arms = [Arm("scratch", 0), Arm("kd", 0, loss="hinton", temperature=4.0, alpha=0.9)]
+    with pytest.raises(DivergedError) as err:
+        train_arms_batched(build, arms, tensors, bad, CFG, engine="fast")
+    torch.manual_seed(0)
+    init = build().state_dict()
+    assert err.value.epoch == 1 and all(torch.equal(err.value.state[k], v) for k, v in init.items())

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from kd2deploy.errors import ConfigError
-from kd2deploy.rundir import new_run_dir, write_atomic
+from kd2deploy.rundir import new_run_dir, write_atomic, write_json
 
 
 def test_runs_started_in_the_same_second_get_distinct_folders(tmp_path):
@@ -30,3 +30,12 @@ def test_unwritable_output_folder_is_a_config_error(tmp_path):
     ro.chmod(0o500)
     with pytest.raises(ConfigError, match="not writable|cannot create"):
         new_run_dir(ro, "edge")
+
+
+def test_write_json_writes_standard_json(tmp_path):
+    """JSON has no NaN or Infinity: such numbers (e.g. an overflowed parity difference) are written as null."""
+    import json
+
+    path = write_json(tmp_path / "r.json", {"inf": float("inf"), "xs": [float("nan"), 1.5, (2,)], "d": {"n": -1e400}})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == {
+        "inf": None, "xs": [None, 1.5, [2]], "d": {"n": None}}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from kd2deploy.ship import ShipPolicy, candidates_from_bench, select
+from kd2deploy.ship.guard import ShipPolicy, candidates_from_bench, select
 
 
 def cand(name, accuracy, p50_us, ratio=None, ci=None, source="int8-static"):

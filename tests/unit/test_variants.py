@@ -86,9 +86,10 @@ def op_counts(path: Path) -> Counter:
 
 
 # ------------------------------------------------------------------------------------------------ config
-def test_defaults_are_one_static_and_one_dynamic_for_both_models():
+def test_default_is_static_int8_for_both_models():
+    """Dynamic INT8 is opt-in: it quantises activations per call, which made CNNs 4-5x slower here."""
     cfg = VariantsConfig()
-    assert [v.name for v in cfg.variants] == ["int8-static-qdq-minmax", "int8-dynamic-qint8"]
+    assert [v.name for v in cfg.variants] == ["int8-static-qdq-minmax"]
     assert cfg.variants[0].per_channel is False
     assert cfg.apply_to == ["teacher", "student"]
 

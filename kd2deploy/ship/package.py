@@ -59,9 +59,26 @@ def stamp_onnx(path: Path, facts: dict[str, str]) -> None:
     write_atomic(path, model.SerializeToString())  # temp file in the same folder + os.replace
 
 
+def shipped(results: dict[str, Any]) -> dict[str, Any]:
+    """What ships: the shipping guard's pick among the student and its variants (the FP32 student without one).
+
+    Returns ``label`` (its benchmark label), ``file`` (relative to the run folder), ``accuracy`` (ONNX, test),
+    ``variant`` (None for the FP32 export) and ``sha256`` of the unstamped file.
+    """
+    label = _get(results, "variants", "student", "selection", "shipped", default="student")
+    if label == "student":
+        return {"label": "student", "file": "models/student.onnx", "variant": None,
+                "accuracy": _get(results, "export", "student", "parity", "accuracy_onnx"),
+                "sha256": _get(results, "export", "student", "sha256")}
+    v = next(v for v in results["variants"]["student"]["variants"] if v["label"] == label)
+    return {"label": label, "file": f"models/variants/{v['path']}", "variant": v["name"],
+            "accuracy": v["accuracy"], "sha256": v["sha256"]}
+
+
 def _student_latency(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The student's latency row at batch 1, or at its smallest batch size when batch 1 was not timed."""
-    rows = [r for r in _get(results, "benchmark", "results", default=[]) if r["model"] == "student"]
+    """The shipped student's latency row at batch 1, or at its smallest batch size when batch 1 was not timed."""
+    label = shipped(results)["label"]
+    rows = [r for r in _get(results, "benchmark", "results", default=[]) if r["model"] == label]
     return min(rows, key=lambda r: r["batch_size"], default=None)
 
 
@@ -101,11 +118,12 @@ def ship_facts(results: dict[str, Any], io: dict[str, Any]) -> dict[str, str]:
     h = results.get("headline") or {}
     teacher = _get(results, "models", "teacher", default={})
     lat = _student_latency(results)
+    ship = shipped(results)
     n_test = _get(results, "export", "student", "parity", "n_samples")
     facts = {
         "model": f"kd2deploy student {_get(results, 'distill', 'student_arch')} of pipeline "
-        f"{results['pipeline']['name']}",
-        "accuracy": f"{h.get('student_accuracy'):.4f} test accuracy (ONNX, {n_test} samples of "
+        f"{results['pipeline']['name']}" + (f", {ship['variant']} variant" if ship["variant"] else ", FP32"),
+        "accuracy": f"{ship['accuracy']:.4f} test accuracy (ONNX, {n_test} samples of "
         f"{_get(results, 'data', 'source')}); teacher {h.get('teacher_accuracy'):.4f}",
         "latency_p50": "not measured"
         if lat is None
@@ -160,6 +178,7 @@ def write_model_card(dir: Path, results: dict[str, Any], file: str = "student.on
     d = results.get("distill") or {}
     teacher = _get(results, "models", "teacher", default={})
     lat_s = _student_latency(results)
+    ship = shipped(results)
     b = lat_s["batch_size"] if lat_s else None
     lat_t = _row(results, "teacher", b) if b else None
     s = _get(results, "benchmark", "settings", default={})
@@ -192,7 +211,7 @@ def write_model_card(dir: Path, results: dict[str, Any], file: str = "student.on
         "| | student | teacher |",
         "|---|---:|---:|",
         f"| test accuracy (ONNX, {_get(results, 'export', 'student', 'parity', 'n_samples')} samples) | "
-        f"{pct(h.get('student_accuracy'))} | {pct(h.get('teacher_accuracy'))} |",
+        f"{pct(ship['accuracy'])} | {pct(h.get('teacher_accuracy'))} |",
         f"| p50 latency at batch {b} [95 % CI] | {us(lat_s)} | {us(lat_t)} |",
     ]
     energy = results.get("energy") or {}
@@ -229,7 +248,9 @@ def write_model_card(dir: Path, results: dict[str, Any], file: str = "student.on
         "## Provenance",
         "",
         f"- `{file}` sha256 `{_sha256(onnx_path)}` (with the metadata above stamped in)",
-        f"- exported as `models/student.onnx`, sha256 `{_get(results, 'export', 'student', 'sha256')}`",
+        f"- made from `{ship['file']}`, sha256 `{ship['sha256']}`"
+        + (f" ({ship['variant']} variant of `models/student.onnx`, picked by the shipping guard)"
+           if ship["variant"] else ""),
         f"- config hash `{results['pipeline']['config_hash']}`; run started "
         f"{_get(results, 'run', 'started')}",
     ]
@@ -239,20 +260,27 @@ def write_model_card(dir: Path, results: dict[str, Any], file: str = "student.on
 
 
 def ship_student(results: dict[str, Any], run_dir: Path) -> Path:
-    """Copies models/student.onnx to ship/student.onnx, stamps its key facts, writes ship/MODEL_CARD.md.
+    """Copies the shipped student (see :func:`shipped`) to ship/student.onnx, stamps its key facts, writes
+    ship/MODEL_CARD.md.
 
-    Records ``results["ship"] = {"path", "sha256", "source_sha256", "model_card", "metadata"}`` (paths
+    Records ``results["ship"] = {"model", "variant", "source", "selection", "path", "sha256", "source_sha256",
+    "model_card", "metadata"}`` (paths
     relative to ``run_dir``; sha256 of the stamped file). Returns the stamped file's path.
     """
     from kd2deploy.rundir import write_atomic
 
     run_dir = Path(run_dir)
-    src = run_dir / "models" / "student.onnx"
+    ship = shipped(results)
+    src = run_dir / ship["file"]
     dst = run_dir / "ship" / "student.onnx"
     write_atomic(dst, src.read_bytes())  # a reader sees the old file or the whole copy, never a part
     facts = ship_facts(results, onnx_io(dst))
     stamp_onnx(dst, facts)
     results["ship"] = {
+        "model": ship["label"],
+        "variant": ship["variant"],
+        "source": ship["file"],
+        "selection": _get(results, "variants", "student", "selection"),
         "path": dst.relative_to(run_dir).as_posix(),
         "sha256": _sha256(dst),
         "source_sha256": _sha256(src),

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from kd2deploy.config import PositiveInt, Strict
+from kd2deploy.strict import PositiveInt, Strict
 
 FP32 = "fp32"  # the ``source`` of the exported FP32 model itself
 CONTROL = "control"  # the ``source`` of an A/A control: the FP32 file timed again as a separate runner
