@@ -144,7 +144,6 @@ def run_recipe(args, recipe, tensors, builder, t_info, results_path) -> dict:
     """One batched run of every arm under one training recipe; cached as a JSON line."""
     from kd2deploy.config import TrainConfig
     from kd2deploy.distill.batched import train_arms_batched
-    from kd2deploy.distill.train import evaluate
 
     arms = arms_for(args)
     key = _key({"teacher": t_info["recipe"], "student": args.student, "kwargs": args.student_kwargs,
@@ -159,13 +158,7 @@ def run_recipe(args, recipe, tensors, builder, t_info, results_path) -> dict:
     trained = train_arms_batched(builder(args.student, args.student_kwargs), arms, (x_tr, y_tr, x_va, y_va),
                                  t_info["logits"], TrainConfig(**recipe), engine=args.engine)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    per_arm: dict[str, dict[str, list[float]]] = {}
-    for arm, (model, _) in zip(arms, trained, strict=True):
-        got = per_arm.setdefault(arm.name, {"val": [], "val_loss": [], "test": []})
-        val = evaluate(model, x_va, y_va)
-        got["val"].append(val["acc"])
-        got["val_loss"].append(val["loss"])
-        got["test"].append(evaluate(model, x_te, y_te)["acc"])
+    per_arm = evaluate_arms(arms, trained, (x_va, y_va), (x_te, y_te))
     row = {"key": key, "teacher": t_info["recipe"], "recipe": recipe, "student": args.student,
            "kwargs": args.student_kwargs,
            "seeds": args.seeds, "n_arms": len(arms), "wall_s": wall, "cpu_s": cpu,
@@ -186,6 +179,7 @@ def _read(results_path: Path) -> list[dict]:
 
 
 # The validation ranking and the mean ± sd text are shared with ``kd2deploy sweep``.
+from kd2deploy.distill.sweep import evaluate_arms  # noqa: E402
 from kd2deploy.distill.sweep import mean as _mean  # noqa: E402
 from kd2deploy.distill.sweep import mean_sd_text as _ms  # noqa: E402
 from kd2deploy.distill.sweep import rank as _rank  # noqa: E402

@@ -35,6 +35,20 @@ def rank(acc: dict[str, list[float]]) -> tuple[float, float]:
     return (mean(acc["val"]), -mean(acc["val_loss"]) if acc.get("val_loss") else -math.inf)
 
 
+def evaluate_arms(arms, trained, val, test) -> dict[str, dict[str, list[float]]]:
+    """Per arm name, over its seeds: validation accuracy and loss, and test accuracy (never used to choose)."""
+    from kd2deploy.distill.train import evaluate
+
+    per_arm: dict[str, dict[str, list[float]]] = {}
+    for arm, (model, _) in zip(arms, trained, strict=True):
+        got = per_arm.setdefault(arm.name, {"val": [], "val_loss": [], "test": []})
+        v = evaluate(model, *val)
+        got["val"].append(v["acc"])
+        got["val_loss"].append(v["loss"])
+        got["test"].append(evaluate(model, *test)["acc"])
+    return per_arm
+
+
 def arm_name(temperature: float, alpha: float) -> str:
     return f"kd T={temperature:g} a={alpha:g}"
 
@@ -49,7 +63,6 @@ def sweep_pipeline(cfg, temperatures: list[float], alphas: list[float], out: Pat
     from kd2deploy.distill.arms import Arm
     from kd2deploy.distill.batched import train_arms_batched
     from kd2deploy.distill.teacher import teacher_logits_of
-    from kd2deploy.distill.train import evaluate
     from kd2deploy.distill.transfer import Perturb
     from kd2deploy.energy.meter import EnergyMeter
     from kd2deploy.pipeline import Run, _build, _labelled, _masked_labels, _wrap, stage_data, stage_teacher
@@ -87,13 +100,7 @@ def sweep_pipeline(cfg, temperatures: list[float], alphas: list[float], out: Pat
             None if perturb.active else teacher_logits_of(run.teacher, x_tr), d.train,
             on_epoch=lambda arm, e, m: progress.update(task, advance=1), labelled=labelled, teacher=run.teacher,
             perturb=perturb)
-    per_arm: dict[str, dict[str, list[float]]] = {}
-    for arm, (model, _) in zip(arms, trained, strict=True):
-        got = per_arm.setdefault(arm.name, {"val": [], "val_loss": [], "test": []})
-        val = evaluate(model, x_va, y_va)
-        got["val"].append(val["acc"])
-        got["val_loss"].append(val["loss"])
-        got["test"].append(evaluate(model, x_te, y_te)["acc"])
+    per_arm = evaluate_arms(arms, trained, (x_va, y_va), (x_te, y_te))
     teacher = run.results["models"]["teacher"]
     kd_names = [arm_name(t, a) for t, a in itertools.product(temperatures, alphas)]
     best = max(kd_names, key=lambda n: rank(per_arm[n]))
