@@ -363,7 +363,7 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _ship_batch_is_timed(self) -> PipelineConfig:
-        if self.ship.batch_size not in self.benchmark.batch_sizes:
+        if self.variants.variants and self.ship.batch_size not in self.benchmark.batch_sizes:
             raise ValueError(
                 f"ship.batch_size {self.ship.batch_size} is not timed; allowed: one of benchmark.batch_sizes "
                 f"{self.benchmark.batch_sizes}"

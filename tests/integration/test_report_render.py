@@ -351,6 +351,25 @@ def test_ship_student_stamps_metadata_and_keeps_outputs(run_copy, results):
         stamp_onnx(path, {"accuracy": 0.9})
 
 
+def test_the_guards_pick_is_what_ships(run_copy, results):
+    """When the guard picks a variant, ship/student.onnx is that variant, stamped with its own numbers."""
+    import onnx
+
+    from kd2deploy.ship.package import ship_student
+
+    res = copy.deepcopy(results)
+    entry = res["variants"]["student"]
+    (v,) = entry["variants"]
+    entry["selection"]["shipped"] = v["label"]
+    path = ship_student(res, run_copy)
+    assert res["ship"]["model"] == v["label"] and res["ship"]["variant"] == v["name"]
+    assert res["ship"]["source"] == f"models/variants/{v['path']}" and res["ship"]["source_sha256"] == v["sha256"]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["accuracy"].startswith(f"{v['accuracy']:.4f}") and meta["model"].endswith(f"{v['name']} variant")
+    assert "kd2deploy.variant" in meta  # the variant's own settings travel too
+    assert f"made from `models/variants/{v['path']}`" in (run_copy / "ship" / "MODEL_CARD.md").read_text()
+
+
 def test_model_card_says_what_matters_and_its_snippet_runs(run_copy, results, monkeypatch, capsys):
     from kd2deploy.ship.package import ship_student
 

@@ -41,6 +41,7 @@ def test_ship_batch_must_be_timed(write_pipeline):
     p = write_pipeline("benchmark:\n  batch_sizes: [8]\n")
     with pytest.raises(ConfigError, match=r"ship.batch_size 1 is not timed; allowed: one of benchmark.batch_sizes"):
         load_config(p)
+    assert load_config(write_pipeline("benchmark:\n  batch_sizes: [8]\nvariants:\n  variants: []\n"))  # no guard
 
 
 def test_misspelled_key_names_line_column_and_suggests(write_pipeline):
