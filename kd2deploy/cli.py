@@ -197,11 +197,19 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>/<timestamp>/) or its results.json.")],
     format_: Annotated[list[str] | None, typer.Option("--format", help="md or html (repeatable); default: "
                                                       "the run's report.formats.")] = None,
+    device: Annotated[Path | None, typer.Option("--device", help="A harness JSON measured on another device "
+                                                "(harness.py --json): added to the run, then rendered.")] = None,
+    device_name: Annotated[str | None, typer.Option("--device-name", help="Its name in the report "
+                                                    "(default: the JSON file's stem).")] = None,
 ) -> None:
     """Re-render a run's report.md / report.html from its results.json (validated against the schema)."""
     from kd2deploy.report.rerender import rerender
     from kd2deploy.ui import step
 
+    if device is not None:
+        from kd2deploy.report.device import attach_device
+
+        step(f"added device {attach_device(run_dir, device, device_name)!r} to {run_dir}")
     for path in rerender(run_dir, format_):
         step(f"wrote {path}")
 

@@ -395,6 +395,7 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "stage_total_s": sum(stage_s.values()) if stage_s else None,
         "ship": results.get("ship"),
         "variants": _variant_rows(results),
+        "devices": results.get("devices") or {},
         "ship_policy": _policy_text(results),
         "ship_selection": _get(results, "variants", "student", "selection"),
         "config_yaml": yaml.safe_dump(_get(results, "pipeline", "resolved", default={}), sort_keys=False),

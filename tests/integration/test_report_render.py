@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -368,6 +369,40 @@ def test_the_guards_pick_is_what_ships(run_copy, results):
     assert meta["accuracy"].startswith(f"{v['accuracy']:.4f}") and meta["model"].endswith(f"{v['name']} variant")
     assert "kd2deploy.variant" in meta  # the variant's own settings travel too
     assert f"made from `models/variants/{v['path']}`" in (run_copy / "ship" / "MODEL_CARD.md").read_text()
+
+
+def test_latency_from_another_device_joins_the_report(run_copy, tmp_path, capsys):
+    """The standalone harness's JSON, matched to the run's files by sha256, is added and rendered."""
+    from kd2deploy.bench import harness
+    from kd2deploy.report.device import attach_device, device_entry
+    from kd2deploy.report.schema import validate_results
+
+    args = [str(run_copy / "models" / "teacher.onnx"), str(run_copy / "models" / "student.onnx"),
+            "--batch-sizes", "1", "--min-duration", "0.02", "--min-runs", "20", "--warmup-s", "0", "--rounds", "2",
+            "--no-flops-probe", "--quiet", "--json", str(tmp_path / "pi5.json")]
+    assert harness.main(args) == 0
+    capsys.readouterr()
+    assert attach_device(run_copy, tmp_path / "pi5.json") == "pi5"
+    results = json.loads((run_copy / "results.json").read_text())
+    validate_results(results)
+    dev = results["devices"]["pi5"]
+    assert {r["model"] for r in dev["results"]} == {"teacher", "student"} and not dev["not_this_run"]
+    assert (run_copy / "devices" / "pi5.json").is_file()
+    out = subprocess.run([sys.executable, "-m", "kd2deploy", "report", str(run_copy), "--device",
+                          str(tmp_path / "pi5.json"), "--device-name", "board-b"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    md = (run_copy / "report.md").read_text()
+    assert "## Latency on pi5" in md and "## Latency on board-b" in md and "p50 teacher / student at batch 1:" in md
+    assert 'id="device-pi5"' in (run_copy / "report.html").read_text()
+    doc = json.loads((tmp_path / "pi5.json").read_text())
+    doc["models"][1]["sha256"] = "0" * 64  # a re-exported student: not this run's file
+    entry = device_entry(doc, results, "devices/x.json")
+    assert entry["not_this_run"] == ["student"]
+    assert {(r["model"], r["this_run"]) for r in entry["results"]} == {("teacher", True), ("student", False)}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"results": []}')
+    with pytest.raises(ConfigError, match=r"bad\.json: not a harness JSON: missing settings, environment, models"):
+        attach_device(run_copy, bad)
 
 
 def test_model_card_says_what_matters_and_its_snippet_runs(run_copy, results, monkeypatch, capsys):
