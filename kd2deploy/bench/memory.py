@@ -4,9 +4,10 @@ An RSS delta inside the benchmark process says little (freed memory is reused, t
 already), so each model gets its own process. It records the peak resident set (VmHWM) after importing
 numpy and onnxruntime, and again after creating the session and running one batch ``runs`` times: the second
 is the inference process's peak, the difference is what the model and its session added. Like the harness it
-needs only numpy and onnxruntime, so it runs on an edge device too:
+needs only numpy and onnxruntime, so it runs on an edge device too (copied there next to harness.py):
 
     python -m kd2deploy.bench.memory model.onnx --batch-size 1 --threads 1
+    python memory.py model.onnx --batch-size 1 --threads 1
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def probe(path: str, batch_size: int, threads: int, graph_optimization: str, run
     import numpy  # noqa: F401 - counted in the baseline, as in any inference process
     import onnxruntime  # noqa: F401
 
-    from kd2deploy.bench.harness import HarnessSettings, create_ort_session, random_feeds, session_input_specs
+    try:
+        from kd2deploy.bench.harness import HarnessSettings, create_ort_session, random_feeds, session_input_specs
+    except ImportError:  # copied to a device next to harness.py, without kd2deploy
+        from harness import HarnessSettings, create_ort_session, random_feeds, session_input_specs
 
     baseline = _peak_bytes()
     settings = HarnessSettings(intra_op_threads=threads, graph_optimization=graph_optimization)
