@@ -116,16 +116,28 @@ def run(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder that holds runs/<name>/<timestamp>/.")] = Path("runs"),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value: key.path=value.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute cached stages instead of reusing them: all, "
+                                        "or those named after it (--force teacher, --force students).")] = False,
+    stages: Annotated[list[str] | None, typer.Argument(metavar="STAGE", show_default=False,
+                                                       help="With --force: the stages to recompute.")] = None,
 ) -> None:
-    """Run a pipeline: train, distil, export, benchmark, measure energy, write the report."""
+    """Run a pipeline: train, distil, export, benchmark, measure energy, write the report.
+
+    The teacher and students stages are reused from <out>/.cache/ when nothing they depend on changed.
+    """
     from rich.table import Table
 
+    from kd2deploy.cache import resolve_force
     from kd2deploy.config import load_config
+    from kd2deploy.errors import ConfigError
     from kd2deploy.pipeline import run_pipeline, summary_rows
     from kd2deploy.ui import console
 
+    if stages and not force:
+        raise ConfigError(f"unexpected argument {stages[0]!r}: stage names follow --force (e.g. --force teacher)")
+    forced = resolve_force(stages or True) if force else frozenset()
     cfg = load_config(pipeline, set_)
-    result = run_pipeline(cfg, out, source=pipeline)
+    result = run_pipeline(cfg, out, source=pipeline, force=forced)
     res = result.results
     batches = sorted({r["batch_size"] for r in res.get("benchmark", {}).get("results", [])})
     table = Table(title="kd2deploy summary (onnxruntime CPU)")

@@ -6,10 +6,12 @@ its files into the run folder. ``run_pipeline`` is the Python API behind ``kd2de
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +46,8 @@ class Run:
     variants: dict[str, tuple[str, Path]] = field(default_factory=dict)  # label -> (FP32 model, file)
     latency: list[dict] = field(default_factory=list)  # the benchmark's results with their samples
     meter: Any = None
+    cache: Any = None  # a kd2deploy.cache.StageCache, or None: every stage computes
+    cache_keys: dict[str, tuple[str, dict]] = field(default_factory=dict)  # stage -> (key, inputs)
 
     def path(self, *parts: str) -> Path:
         p = self.dir.joinpath(*parts)
@@ -229,6 +233,8 @@ def stage_teacher(run: Run, progress) -> None:
 
     cfg = run.cfg.teacher
     _check_hint_layers(run)
+    if _reuse(run, "teacher", progress, _restore_teacher):
+        return
     labelled = _labelled(run)
     members = cfg.members(run.cfg.seed)
     single = not cfg.ensemble
@@ -265,11 +271,106 @@ def stage_teacher(run: Run, progress) -> None:
         record["trained_on"] = trained_on
     run.teacher = teacher
     run.results.setdefault("models", {})["teacher"] = record
-    members_text = "" if single else " = " + ", ".join(
-        f"{r['arch']}/seed{r['seed']} {r['test_accuracy_torch']:.2%}" for r in records)
+    _say_teacher(run, record)
+    _store(run, "teacher", _teacher_files(run), record)
+
+
+def _say_teacher(run: Run, record: dict[str, Any], reused: str = "") -> None:
+    members_text = "" if "members" not in record else " = " + ", ".join(
+        f"{r['arch']}/seed{r['seed']} {r['test_accuracy_torch']:.2%}" for r in record["members"])
+    seen = (record.get("trained_on") or {}).get("labels") if run.cfg.distill.labelled_fraction < 1 else None
     ui.step(f"teacher {record['arch']} ({record['params']:,} params, {record['source']}"
-            f"{', labels: ' + seen if trains and labelled is not None else ''}): "
-            f"test acc {record['test_accuracy_torch']:.2%}{members_text}")
+            f"{', labels: ' + seen if seen else ''}): "
+            f"test acc {record['test_accuracy_torch']:.2%}{members_text}{reused}")
+
+
+def _teacher_files(run: Run) -> list[str]:
+    n = len(run.cfg.teacher.ensemble)
+    return [f"teacher_member{i}.pt" for i in range(n)] if n else ["teacher.pt"]
+
+
+# ------------------------------------------------------------------------------- the stage cache hooks
+REUSED_NOTE = "reused (trained in an earlier run)"
+
+
+def _reuse(run: Run, stage: str, progress, restore) -> bool:
+    """On a cache hit: rebuilds the stage's modules from the entry (``restore``), copies its checkpoints into the
+    run folder, restores its results record and notes the reuse; returns False (compute the stage) otherwise."""
+    from kd2deploy import cache
+
+    if run.cache is None:
+        return False
+    inputs = (cache.teacher_inputs(run.cfg) if stage == "teacher"
+              else cache.students_inputs(run.cfg, run.cache_keys["teacher"][0]))
+    key = cache.stage_key(inputs)
+    run.cache_keys[stage] = (key, inputs)
+    entry = run.cache.lookup(stage, key)
+    if entry is None:
+        return False
+    try:
+        record = json.loads(json.dumps(entry.record))  # a private copy
+        restore(run, entry, record)
+    except Exception as e:  # noqa: BLE001 - e.g. a model that no longer fits its checkpoint: recompute
+        run.cache.discard(stage, key, f"{type(e).__name__}: {e}")
+        return False
+    for name in entry.files:
+        write_atomic(run.path("checkpoints", name), (entry.dir / name).read_bytes())
+    run.results["run"].setdefault("reused", {})[stage] = entry.provenance()
+    progress.add_task(stage, total=1, completed=1, info="reused")
+    log.info("stage %s reused cache entry %s (created %s)", stage, entry.dir, entry.created)
+    return True
+
+
+def _reused_energy(record: dict[str, Any]) -> None:
+    """A reused stage did not train here: its energy is not counted again."""
+    if "energy" in record:
+        record["energy"] = {"label": record["energy"].get("label"), "duration_s": None, "energy_kwh": None,
+                            "emissions_kg": None, "mode": None, "reused": True, "note": REUSED_NOTE}
+
+
+def _load_inner(run: Run, model, path: Path):
+    import torch
+
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return _wrap(model, run).eval()
+
+
+def _restore_teacher(run: Run, entry, record: dict[str, Any]) -> None:
+    import torch
+
+    from kd2deploy.distill.teacher import EnsembleTeacher
+    from kd2deploy.models import build_model
+
+    members = run.cfg.teacher.members(run.cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # leave the global RNG as it was
+        modules = [
+            _load_inner(run, build_model(m["arch"], run.data.input_shape, run.data.num_classes, m["kwargs"],
+                                         "teacher"), entry.dir / name)
+            for m, name in zip(members, _teacher_files(run), strict=True)
+        ]
+    run.teacher = modules[0] if len(modules) == 1 else EnsembleTeacher(modules).eval()
+    _reused_energy(record)
+    run.results.setdefault("models", {})["teacher"] = record
+    _say_teacher(run, record, f" — reused ({entry.key[:12]})")
+
+
+def _restore_students(run: Run, entry, record: dict[str, Any]) -> None:
+    import torch
+
+    seed = record["shipped_seed"]
+    with torch.random.fork_rng(devices=[]):
+        run.student = _load_inner(run, _build(run, "student"), entry.dir / f"student_kd_seed{seed}.pt")
+        run.scratch = (_load_inner(run, _build(run, "student"), entry.dir / f"student_scratch_seed{seed}.pt")
+                       if "scratch" in record["arms"] else None)
+    _reused_energy(record)
+    run.results["distill"] = record
+    _say_students(record, f" — reused ({entry.key[:12]})")
+
+
+def _store(run: Run, stage: str, names: list[str], record: dict[str, Any]) -> None:
+    if run.cache is not None and stage in run.cache_keys:
+        key, inputs = run.cache_keys[stage]
+        run.cache.store(stage, key, {n: run.dir / "checkpoints" / n for n in names}, record, inputs)
 
 
 def kd_terms(d) -> list[dict[str, Any]]:
@@ -330,6 +431,8 @@ def stage_students(run: Run, progress) -> None:
         from kd2deploy.distill.batched import train_arms_batched as trainer
     except ImportError:  # pragma: no cover - the batched trainer is optional
         trainer = train_arms
+    if _reuse(run, "students", progress, _restore_students):
+        return
     cfg = run.cfg.distill
     x_tr, y_tr, x_va, y_va, x_te, y_te = run.tensors
     perturb = Perturb(cfg.transfer.shift_px, cfg.transfer.mixup_alpha)
@@ -393,8 +496,15 @@ def stage_students(run: Run, progress) -> None:
         "transfer": {"shift_px": perturb.shift_px, "mixup_alpha": perturb.mixup_alpha,
                      "teacher_outputs": "per batch, on the student's view" if perturb.active else "computed once"},
     }
-    line = ", ".join(f"{k} {v['mean']:.2%} ± {v['sd']:.2%}" for k, v in summary.items())
-    ui.step(f"students ({len(cfg.seeds)} seed(s)): {line}" + (f"; gap closed {gap:.0%}" if gap is not None else ""))
+    _say_students(run.results["distill"])
+    _store(run, "students", [f"student_{arm.name}_seed{arm.seed}.pt" for arm in arms], run.results["distill"])
+
+
+def _say_students(record: dict[str, Any], reused: str = "") -> None:
+    gap = record["gap_closed"]
+    line = ", ".join(f"{k} {v['mean']:.2%} ± {v['sd']:.2%}" for k, v in record["summary"].items())
+    ui.step(f"students ({len(record['seeds'])} seed(s)): {line}" + (f"; gap closed {gap:.0%}" if gap is not None
+                                                                    else "") + reused)
 
 
 def stage_export(run: Run) -> None:
@@ -541,14 +651,22 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | None = None) -> Run:
-    """Runs every stage of ``cfg`` into a new folder under ``out``; returns the finished :class:`Run`."""
+def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | None = None,
+                 force: bool | Iterable[str] = (), cache: bool = True) -> Run:
+    """Runs every stage of ``cfg`` into a new folder under ``out``; returns the finished :class:`Run`.
+
+    The teacher and students stages are reused from ``<out>/.cache/`` when their inputs are unchanged (see
+    :mod:`kd2deploy.cache`); ``force`` (True, or stage names) recomputes them, ``cache=False`` neither reads nor
+    writes the cache.
+    """
+    from kd2deploy.cache import StageCache, resolve_force
     from kd2deploy.energy.meter import EnergyMeter
 
+    forced = resolve_force(force)
     t0 = time.perf_counter()
     run_dir = new_run_dir(Path(out), cfg.name)
     handler = _setup_logging(run_dir)
-    run = Run(cfg=cfg, dir=run_dir, source=source)
+    run = Run(cfg=cfg, dir=run_dir, source=source, cache=StageCache(Path(out) / ".cache", forced) if cache else None)
     write_atomic(run.path("config.yaml"), _yaml(cfg.resolved()))
     if source is not None:
         shutil.copyfile(source, run.path("pipeline.yaml"))
@@ -556,7 +674,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
         schema_version=RESULTS_SCHEMA_VERSION, kd2deploy_version=__version__,
         pipeline={"name": cfg.name, "file": str(source) if source else None, "config_hash": cfg.config_hash(),
                   "resolved": cfg.resolved()},
-        run={"dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        run={"dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reused": {}},
         environment=environment(), warnings=[],
     )
     ui.console.print(f"[bold]kd2deploy {__version__}[/bold] — pipeline [cyan]{cfg.name}[/cyan] → {run_dir}")

@@ -176,6 +176,11 @@ def inference_energy(run, progress) -> dict[str, Any]:
             f"(windows of {cfg.window_s:g} s x {cfg.repeats}); the headline uses gross energy. Lengthen "
             "energy.window_s or energy.repeats to resolve it.")
     res["training"] = [r.as_dict() for r in run.meter.records if r.label.startswith("train:")]
+    reused = [rec["energy"] for rec in (run.results["models"]["teacher"], run.results["distill"])
+              if (rec.get("energy") or {}).get("reused")]  # trained in an earlier run: named, not counted
+    order = ["train:teacher", "train:students"]
+    res["training"] = sorted(res["training"] + reused, key=lambda t: order.index(t["label"])
+                             if t["label"] in order else len(order))
     if res["label"] == "modelled":
         run.results["warnings"].append(
             "energy figures are modelled, not measured: " + res["explanation"])

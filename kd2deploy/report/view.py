@@ -362,6 +362,13 @@ def _tradeoff_points(results: dict[str, Any]) -> list[dict[str, Any]]:
     return pts
 
 
+def _reused_text(results: dict[str, Any]) -> str:
+    """Which stages came from the stage cache: ``teacher (entry 91649ebf124c, created ...), students (...)``."""
+    reused = _get(results, "run", "reused", default={}) or {}
+    return ", ".join(f"{stage} (entry {r['key'][:12]}, created {r['created']}, {r['from']})"
+                     for stage, r in reused.items())
+
+
 def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
     """Everything the templates show, computed once."""
     from kd2deploy.report import plots
@@ -392,6 +399,7 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "warnings": results.get("warnings", []),
         "env": results.get("environment", {}),
         "stage_times": " · ".join(f"{k} {t:.1f} s" for k, t in stage_s.items()),
+        "reused": _reused_text(results),
         "stage_total_s": sum(stage_s.values()) if stage_s else None,
         "ship": results.get("ship"),
         "variants": _variant_rows(results),
