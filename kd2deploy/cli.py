@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -76,9 +77,11 @@ def handle_errors(fn):
             if _debug:
                 raise
             raise fail(str(e), e.exit_code) from None
-        except KeyboardInterrupt:
-            console.print("[red]interrupted[/red]: finished files of this run are kept; partial ones were not written")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            console.print("[red]interrupted[/red]: finished files of this run are kept; partial ones were not "
+                          "written. Training checkpoints are kept: the same command resumes from the last "
+                          "complete epoch.")
+            raise typer.Exit(128 + getattr(e, "signum", signal.SIGINT)) from None
         except OSError as e:
             if _debug:
                 raise
@@ -110,6 +113,16 @@ def validate(
     step(f"{pipeline}: valid (pipeline {cfg.name!r}, config hash {cfg.config_hash()[:12]})")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, so it stops like Ctrl-C (exit code 143)."""
+
+    signum = signal.SIGTERM
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 @app.command()
 @handle_errors
 def run(
@@ -137,6 +150,7 @@ def run(
         raise ConfigError(f"unexpected argument {stages[0]!r}: stage names follow --force (e.g. --force teacher)")
     forced = resolve_force(stages or True) if force else frozenset()
     cfg = load_config(pipeline, set_)
+    signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops like Ctrl-C: partial results, kept checkpoints
     result = run_pipeline(cfg, out, source=pipeline, force=forced)
     res = result.results
     batches = sorted({r["batch_size"] for r in res.get("benchmark", {}).get("results", [])})

@@ -48,6 +48,7 @@ class Run:
     meter: Any = None
     cache: Any = None  # a kd2deploy.cache.StageCache, or None: every stage computes
     cache_keys: dict[str, tuple[str, dict]] = field(default_factory=dict)  # stage -> (key, inputs)
+    resumes: dict[str, Any] = field(default_factory=dict)  # stage -> kd2deploy.distill.resume.Resume
 
     def path(self, *parts: str) -> Path:
         p = self.dir.joinpath(*parts)
@@ -186,9 +187,11 @@ def _train_member(run: Run, progress, i: int, m: dict[str, Any], label: str, lab
         _check_logits(model, run, "teacher")
         own = labelled if run.cfg.distill.teacher_labels == "labelled" else None
         task = progress.add_task(label, total=m["train"].epochs, info="")
+        resume = run.resumes.get("teacher")
         hist = _guarded(run, lambda: fit(
             model, x_tr, _masked_labels(run, own), x_va, y_va, m["train"], m["seed"], name=label, pool=own,
-            on_epoch=lambda e, mt: progress.update(task, advance=1, info=f"val acc {mt['val_acc']:.3f}")))
+            checkpoint=resume.slot(label) if resume is not None else None,
+            on_epoch=lambda e, mt: progress.update(task, completed=e, info=f"val acc {mt['val_acc']:.3f}")))
         record.update(source="trained", curve=hist.epochs, train_time_s=hist.train_time_s)
     record["test_accuracy_torch"] = evaluate(model, x_te, y_te)["acc"]
     record["val_accuracy_torch"] = evaluate(model, x_va, y_va)["acc"]
@@ -306,12 +309,14 @@ def _reuse(run: Run, stage: str, progress, restore) -> bool:
     run.cache_keys[stage] = (key, inputs)
     entry = run.cache.lookup(stage, key)
     if entry is None:
+        _open_resume(run, stage, key)
         return False
     try:
         record = json.loads(json.dumps(entry.record))  # a private copy
         restore(run, entry, record)
     except Exception as e:  # noqa: BLE001 - e.g. a model that no longer fits its checkpoint: recompute
         run.cache.discard(stage, key, f"{type(e).__name__}: {e}")
+        _open_resume(run, stage, key)
         return False
     for name in entry.files:
         write_atomic(run.path("checkpoints", name), (entry.dir / name).read_bytes())
@@ -367,10 +372,27 @@ def _restore_students(run: Run, entry, record: dict[str, Any]) -> None:
     _say_students(record, f" — reused ({entry.key[:12]})")
 
 
+def _open_resume(run: Run, stage: str, key: str) -> None:
+    """The stage trains: its per-epoch checkpoints live beside its cache entry, so the same command resumes."""
+    from kd2deploy.distill.resume import Resume
+
+    resume = Resume(run.cache.root / stage / f"{key}.progress", fresh=stage in run.cache.force)
+    if resume.acquire():
+        run.resumes[stage] = resume
+
+
 def _store(run: Run, stage: str, names: list[str], record: dict[str, Any]) -> None:
+    resume = run.resumes.pop(stage, None)
+    if resume is not None and resume.resumed:
+        run.results["run"].setdefault("resumed", {})[stage] = dict(resume.resumed)
     if run.cache is not None and stage in run.cache_keys:
         key, inputs = run.cache_keys[stage]
-        run.cache.store(stage, key, {n: run.dir / "checkpoints" / n for n in names}, record, inputs)
+        if run.cache.store(stage, key, {n: run.dir / "checkpoints" / n for n in names}, record, inputs) is None:
+            if resume is not None:
+                resume.release()  # not stored: keep the checkpoints, a rerun resumes from them
+            return
+    if resume is not None:
+        resume.finish()
 
 
 def kd_terms(d) -> list[dict[str, Any]]:
@@ -443,13 +465,13 @@ def stage_students(run: Run, progress) -> None:
     tasks = {arm.key: progress.add_task(f"student {arm.key}", total=cfg.train.epochs, info="") for arm in arms}
 
     def on_epoch(arm, epoch, m):
-        progress.update(tasks[arm.key], advance=1, info=f"val acc {m['val_acc']:.3f}")
+        progress.update(tasks[arm.key], completed=epoch, info=f"val acc {m['val_acc']:.3f}")
 
     with run.meter.track("train:students") as energy:
         trained = _guarded(run, lambda: trainer(
             lambda: _wrap(_build(run, "student"), run), arms, (x_tr, _masked_labels(run, labelled), x_va, y_va),
             teacher_logits, cfg.train, on_epoch=on_epoch, labelled=labelled, teacher=run.teacher,
-            perturb=perturb))
+            perturb=perturb, resume=run.resumes.get("students")))
     per_seed: dict[int, dict[str, Any]] = {}
     by_arm: dict[str, list[float]] = {}
     models = {}
@@ -713,6 +735,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
             log.error("results.partial.json not written: %s", e2)
         raise
     finally:
+        for resume in run.resumes.values():  # a stopped stage keeps its checkpoints for the next run
+            resume.release()
         run.meter.close()
         log.removeHandler(handler)
         handler.close()

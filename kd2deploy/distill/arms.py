@@ -77,6 +77,7 @@ def train_arms(
     labelled: torch.Tensor | None = None,
     teacher: nn.Module | None = None,
     perturb=None,
+    resume=None,
 ) -> list[tuple[nn.Module, History]]:
     """Trains each arm from its seed's initial weights; returns (model, history) in the order of ``arms``.
 
@@ -91,6 +92,7 @@ def train_arms(
         teacher: the teacher module, needed for hint terms and per-step perturbations (its outputs are then
             computed per batch, on the student's view).
         perturb: a ``transfer.Perturb`` applied to every arm.
+        resume: a ``resume.Resume``: each arm checkpoints every epoch there and continues from it.
     """
     inits: dict[int, dict[str, torch.Tensor]] = {}
     out = []
@@ -127,7 +129,7 @@ def train_arms(
             loss_fn=loss_fn, teacher_logits=cached, teacher_fn=teacher_fn, label_smoothing=arm.label_smoothing,
             on_epoch=(lambda e, m, arm=arm: on_epoch(arm, e, m)) if on_epoch else None,
             name=f"student {arm.key}", pool=arm_pool(arm, len(tensors[1]), labelled), perturb=perturb,
-            extra_params=extra,
+            extra_params=extra, checkpoint=resume.slot(arm.key) if resume is not None else None,
         )
         if objective is not None:
             with objective.attached():

@@ -41,6 +41,7 @@ from kd2deploy.distill.losses import (
     teacher_log_probs,
     teacher_mean_logits,
 )
+from kd2deploy.distill.resume import Resume, rng_state, set_rng_state
 from kd2deploy.distill.train import DivergedError, History, _optimizer, one_cycle
 from kd2deploy.distill.transfer import BatchOrder
 from kd2deploy.errors import Kd2DeployError
@@ -68,6 +69,7 @@ def train_arms_batched(
     labelled: torch.Tensor | None = None,
     teacher: nn.Module | None = None,
     perturb=None,
+    resume: Resume | None = None,
 ) -> list[tuple[nn.Module, History]]:
     """``train_arms`` with every arm trained at once; returns (model, history) in the order of ``arms``.
 
@@ -92,6 +94,8 @@ def train_arms_batched(
             (teacher logits with a member axis) train stacked; arms with weighted / hint terms (hooks on each
             student) train one by one while the others stay stacked; per-step perturbations (the teacher runs on
             every batch) make every arm train one by one. A log line says which.
+        resume: where per-epoch checkpoints go (one per stack of arms, or per arm trained alone); a run that
+            stopped continues from them.
 
     Raises:
         StageError: when an arm's loss becomes NaN or infinite (the message names the arm and the epoch).
@@ -100,7 +104,7 @@ def train_arms_batched(
         raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     if any(a.needs_teacher for a in arms) and teacher_logits is None and teacher is None:
         raise ValueError("distillation needs teacher_logits")
-    extra = {"labelled": labelled, "teacher": teacher, "perturb": perturb}
+    extra = {"labelled": labelled, "teacher": teacher, "perturb": perturb, "resume": resume}
     if engine == "sequential" or (engine == "auto" and len(arms) < 2):
         return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch, **extra)
     unbatchable = _unbatchable(arms, perturb)
@@ -127,7 +131,7 @@ def train_arms_batched(
     out: list[tuple[nn.Module, History]] = []
     for start in range(0, len(arms), max_models):
         chunk = arms[start : start + max_models]
-        out += _train_chunk(build, chunk, tensors, teacher_logits, cfg, on_epoch, engine, labelled)
+        out += _train_chunk(build, chunk, tensors, teacher_logits, cfg, on_epoch, engine, labelled, resume)
     return out
 
 
@@ -141,10 +145,11 @@ def _unbatchable(arms: list[Arm], perturb) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- planning
-def _train_chunk(build, arms, tensors, teacher_logits, cfg, on_epoch, engine, labelled=None):
+def _train_chunk(build, arms, tensors, teacher_logits, cfg, on_epoch, engine, labelled=None, resume=None):
     def sequential(reason: str):
         log.info("training %d arms one by one: %s", len(arms), reason)
-        return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch, labelled=labelled)
+        return train_arms(build, arms, tensors, teacher_logits, cfg, on_epoch=on_epoch, labelled=labelled,
+                          resume=resume)
 
     inits: dict[int, dict[str, torch.Tensor]] = {}
     models = []
@@ -162,7 +167,8 @@ def _train_chunk(build, arms, tensors, teacher_logits, cfg, on_epoch, engine, la
         return sequential(str(e))
     log.info("training %d arms as one stacked model (%s engine)", len(arms), chosen)
     try:
-        return _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch, labelled)
+        slot = resume.slot(f"stack_{arms[0].key}_{len(arms)}") if resume is not None else None
+        return _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch, labelled, slot)
     except Kd2DeployError:
         raise
     except Exception as e:  # noqa: BLE001 - e.g. out of memory: the plain loop may still work
@@ -318,7 +324,7 @@ def _loss_fn(arms: list[Arm]):
 
 
 # ------------------------------------------------------------------------------------------- training
-def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch, labelled=None):
+def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch, labelled=None, checkpoint=None):
     x_train, y_train, x_val, y_val = tensors[:4]
     m, n = len(arms), len(y_train)
     params, buffers = _stack(models)
@@ -334,9 +340,25 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
     orders = {k: BatchOrder(n, cfg.batch_size, k[0], p) for k, p in zip(keys, pools, strict=True)}
     row = torch.tensor([list(orders).index(k) for k in keys])
     hists = [History() for _ in arms]
+    start, done_s = 1, 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        with torch.no_grad():
+            for name, v in saved["params"].items():
+                params[name].copy_(v)
+            for name, v in saved["buffers"].items():
+                buffers[name].copy_(v)
+        opt.load_state_dict(saved["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(saved["scheduler"])
+        for o, st in zip(orders.values(), saved["orders"], strict=True):
+            o.set_state(st)
+        set_rng_state(saved)
+        hists = [History(**h) for h in saved["histories"]]
+        start, done_s = saved["epoch"] + 1, saved["wall_s"]
     good = _snapshot(params, buffers)
-    t0 = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    t0 = time.perf_counter() - done_s
+    for epoch in range(start, cfg.epochs + 1):
         batches = [o.epoch() for o in orders.values()]
         running = torch.zeros(m, dtype=torch.float64)
         for step in range(len(batches[0])):
@@ -358,12 +380,22 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
         good = _snapshot(params, buffers)
         val = _evaluate(forward, params, buffers, x_val, y_val, m)
         elapsed = (time.perf_counter() - t0) / m
-        for k, (arm, hist) in enumerate(zip(arms, hists, strict=True)):
+        all_metrics = []
+        for k, hist in enumerate(hists):
             hist.samples_seen += n
-            metrics = {"epoch": epoch, "train_loss": float(running[k]) / n, "val_loss": val[k][0],
-                       "val_acc": val[k][1], "time_s": elapsed}
-            hist.epochs.append(metrics)
-            if on_epoch is not None:
+            all_metrics.append({"epoch": epoch, "train_loss": float(running[k]) / n, "val_loss": val[k][0],
+                                "val_acc": val[k][1], "time_s": elapsed})
+            hist.epochs.append(all_metrics[-1])
+        if checkpoint is not None:
+            checkpoint.save(epoch, {
+                "params": {k: v for k, v in good.items() if k in params},
+                "buffers": {k: v for k, v in good.items() if k in buffers},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+                "orders": [o.state() for o in orders.values()], "histories": [h.as_dict() for h in hists],
+                "wall_s": time.perf_counter() - t0, **rng_state(),
+            })
+        if on_epoch is not None:
+            for arm, metrics in zip(arms, all_metrics, strict=True):
                 on_epoch(arm, epoch, metrics)
     elapsed = (time.perf_counter() - t0) / m
     out = []

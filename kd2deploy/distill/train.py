@@ -105,6 +105,7 @@ def fit(
     teacher_fn: Callable[[torch.Tensor], Any] | None = None,
     perturb=None,
     extra_params: list[torch.Tensor] | None = None,
+    checkpoint=None,
 ) -> History:
     """Trains ``model`` in place for ``cfg.epochs`` epochs.
 
@@ -123,12 +124,15 @@ def fit(
         perturb: a ``transfer.Perturb`` (random shifts, mixup), or None.
         extra_params: more tensors to optimise with the model (hint adapters).
         on_epoch: called after each epoch with (epoch, metrics), e.g. to advance a progress bar.
+        checkpoint: a ``resume.Slot``: everything the loop needs to go on is saved there after every epoch, and a
+            saved state is resumed from (its epochs are not trained again; the result is the same).
 
     Raises:
         DivergedError: a StageError naming ``name`` and the epoch, when the loss becomes NaN or infinite; the
             model is reset to its last good epoch, whose weights the error carries.
     """
     from kd2deploy.distill.losses import hard_ce
+    from kd2deploy.distill.resume import rng_state, set_rng_state
     from kd2deploy.distill.teacher import take
     from kd2deploy.distill.transfer import BatchOrder
     from kd2deploy.distill.transfer import perturb as apply_perturb
@@ -139,7 +143,8 @@ def fit(
     smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
     order = BatchOrder(len(y_train), cfg.batch_size, seed, pool)
     aug_gen = torch.Generator().manual_seed(seed + 7919)
-    opt = _optimizer(_Params(model, extra_params or []), cfg)
+    extra = list(extra_params or [])
+    opt = _optimizer(_Params(model, extra), cfg)
     total = cfg.epochs * order.steps
     sched = one_cycle(opt, cfg.lr, total) if cfg.schedule == "cosine" else None
     hist = History()
@@ -147,9 +152,24 @@ def fit(
     def step_loss(logits, t_batch, y):
         return hard_ce(logits, y, smoothing) if loss_fn is None else loss_fn(logits, t_batch, y)
 
+    start, done_s = 1, 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        with torch.no_grad():
+            for p, v in zip(extra, saved["extra"], strict=True):
+                p.copy_(v)
+        opt.load_state_dict(saved["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(saved["scheduler"])
+        order.set_state(saved["order"])
+        aug_gen.set_state(saved["aug_gen"])
+        set_rng_state(saved)
+        hist = History(**saved["history"])
+        start, done_s = saved["epoch"] + 1, hist.train_time_s
     good_state = {k: v.clone() for k, v in model.state_dict().items()}
-    t0 = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    t0 = time.perf_counter() - done_s
+    for epoch in range(start, cfg.epochs + 1):
         model.train()
         running, count = 0.0, 0
         for idx in order.epoch():
@@ -182,6 +202,13 @@ def fit(
                    "val_acc": val["acc"], "time_s": time.perf_counter() - t0}
         hist.epochs.append(metrics)
         good_state = {k: v.clone() for k, v in model.state_dict().items()}
+        if checkpoint is not None:
+            hist.train_time_s = metrics["time_s"]
+            checkpoint.save(epoch, {
+                "model": good_state, "extra": [p.detach().clone() for p in extra], "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "order": order.state(),
+                "aug_gen": aug_gen.get_state(), "history": hist.as_dict(), **rng_state(),
+            })
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     hist.train_time_s = time.perf_counter() - t0

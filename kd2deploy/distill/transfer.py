@@ -44,6 +44,14 @@ class BatchOrder:
         out, self._buf = self._buf[:need], self._buf[need:]
         return list(out.view(self.steps, self.batch_size))
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """Where the order stands (for a resumable checkpoint)."""
+        return {"gen": self.gen.get_state(), "buf": self._buf.clone()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(state["gen"])
+        self._buf = state["buf"].clone()
+
 
 def labelled_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Sorted indices of a seeded, stratified ``fraction`` of ``y`` that keeps its labels.

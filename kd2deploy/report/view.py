@@ -369,6 +369,17 @@ def _reused_text(results: dict[str, Any]) -> str:
                      for stage, r in reused.items())
 
 
+def _resumed_text(results: dict[str, Any]) -> str:
+    """Which training continued from an earlier, stopped run's per-epoch checkpoints."""
+    resumed = _get(results, "run", "resumed", default={}) or {}
+    parts = [f"{stage}: " + ", ".join(f"{tag} after epoch {e}" for tag, e in tags.items())
+             for stage, tags in resumed.items()]
+    if not parts:
+        return ""
+    return ("; ".join(parts) + " (training times and curves include the earlier run's epochs; training energy "
+            "counts only the epochs trained in this run)")
+
+
 def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
     """Everything the templates show, computed once."""
     from kd2deploy.report import plots
@@ -400,6 +411,7 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "env": results.get("environment", {}),
         "stage_times": " · ".join(f"{k} {t:.1f} s" for k, t in stage_s.items()),
         "reused": _reused_text(results),
+        "resumed": _resumed_text(results),
         "stage_total_s": sum(stage_s.values()) if stage_s else None,
         "ship": results.get("ship"),
         "variants": _variant_rows(results),
