@@ -420,18 +420,22 @@ exit $rc
 """
 
 
+PROGRESS_CHECKPOINT = r"\.cache/teacher/[0-9a-f]{64}\.progress/teacher\.pt"
+
+
 @pytest.mark.parametrize("when", ["full-from-the-start", "fills-during-the-run"])
 def test_disk_full(mini, tmp_path, when):
-    """ENOSPC on a real (private, 96 KiB) tmpfs: at the first file, or at the teacher's 200 KB checkpoint."""
+    """ENOSPC on a real (private, 96 KiB) tmpfs: at the first file, or at the teacher's first per-epoch checkpoint."""
     mini.write_text(MINI.replace("arch: mlp-tiny\n  train", "arch: mlp\n  train", 1))
     proc = _private_mount(tmp_path, FILL_AND_RUN, mini, tmp_path / "disk", "full" if when.startswith("full") else "")
     if proc.returncode == 77:
         pytest.skip(f"cannot mount a tmpfs in a private namespace: {proc.stderr.strip()}")
-    which = "config.yaml" if when.startswith("full") else "checkpoints/teacher.pt"
+    # during the run, the first big file is the teacher's per-epoch resume checkpoint
+    which = r"mini/\d{8}-\d{6}/config\.yaml" if when.startswith("full") else PROGRESS_CHECKPOINT
     one_error_line(
         proc,
         1,
-        rf"^error: .*disk/runs/mini/\d{{8}}-\d{{6}}/{which}: cannot write this file: "
+        rf"^error: .*disk/runs/{which}: cannot write this file: "
         r"no space left on the device .*it was not written, and files written before it are "
         r"intact$",
     )
@@ -445,7 +449,7 @@ def test_disk_full(mini, tmp_path, when):
 
 
 def test_file_size_limit(mini, tmp_path, earlier):
-    """EFBIG from RLIMIT_FSIZE (works without mount rights): the 200 KB checkpoint cannot be written."""
+    """EFBIG from RLIMIT_FSIZE (works without mount rights): the teacher's first resume checkpoint is refused."""
     mini.write_text(MINI.replace("arch: mlp-tiny\n  train", "arch: mlp\n  train", 1))
 
     def limit() -> None:  # in the child only; SIGXFSZ ignored so that write() fails with EFBIG instead
@@ -456,7 +460,7 @@ def test_file_size_limit(mini, tmp_path, earlier):
     one_error_line(
         proc,
         1,
-        r"^error: .*runs/mini/\d{8}-\d{6}/checkpoints/teacher\.pt: cannot write this file: "
+        rf"^error: .*runs/{PROGRESS_CHECKPOINT}: cannot write this file: "
         r"file too large .*files written before it are intact$",
     )
     assert_failed_run_kept_its_files(earlier)
