@@ -45,6 +45,13 @@ def _one_line(text: str) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
+def _launched() -> bool:
+    """A rank started by ``kd2deploy run --nproc`` (which reports a lost rank itself)."""
+    import os
+
+    return os.environ.get("KD2DEPLOY_LAUNCHED") == "1" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def handle_errors(fn):
     """Turns errors into one line on stderr and an exit code: 2 bad input, 1 failure, 130 interrupted.
 
@@ -71,13 +78,17 @@ def handle_errors(fn):
         logging.raiseExceptions = _debug  # a log file on a full disk must not print a traceback
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit):
             raise
         except Kd2DeployError as e:
             if _debug:
                 raise
+            if _launched() and type(e).__name__ == "RankLost":
+                raise typer.Exit(1) from None  # kd2deploy run --nproc says it, once, naming the rank
             raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt as e:
+            if _launched():  # torchrun stopped this rank because another one failed: the launcher says so
+                raise typer.Exit(128 + getattr(e, "signum", signal.SIGINT)) from None
             console.print("[red]interrupted[/red]: finished files of this run are kept; partial ones were not "
                           "written. Training checkpoints are kept: the same command resumes from the last "
                           "complete epoch.")
@@ -133,11 +144,18 @@ def run(
                                         "or those named after it (--force teacher, --force students).")] = False,
     stages: Annotated[list[str] | None, typer.Argument(metavar="STAGE", show_default=False,
                                                        help="With --force: the stages to recompute.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train with N processes on this machine: "
+                                              "runs this command under torchrun --nproc-per-node N.")] = None,
 ) -> None:
     """Run a pipeline: train, distil, export, benchmark, measure energy, write the report.
 
     The teacher and students stages are reused from <out>/.cache/ when nothing they depend on changed.
     """
+    if nproc is not None:
+        from kd2deploy.launch import launch, strip_nproc
+
+        argv = sys.argv[1:] if "run" in sys.argv[1:] else ["run", str(pipeline)]
+        raise typer.Exit(launch(nproc, strip_nproc(argv), str(out)))
     from rich.table import Table
 
     from kd2deploy.cache import resolve_force
@@ -152,6 +170,8 @@ def run(
     cfg = load_config(pipeline, set_)
     signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops like Ctrl-C: partial results, kept checkpoints
     result = run_pipeline(cfg, out, source=pipeline, force=forced)
+    if "headline" not in result.results:  # a training rank other than 0: rank 0 finishes the run and reports
+        return
     res = result.results
     batches = sorted({r["batch_size"] for r in res.get("benchmark", {}).get("results", [])})
     table = Table(title="kd2deploy summary (onnxruntime CPU)")

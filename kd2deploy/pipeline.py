@@ -52,8 +52,16 @@ class Run:
 
     def path(self, *parts: str) -> Path:
         p = self.dir.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if _writes():
+            p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+
+def _writes() -> bool:
+    """Only rank 0 of a distributed run writes files (the other ranks train, then exit)."""
+    from kd2deploy.distill import dist
+
+    return dist.is_main()
 
 
 # ------------------------------------------------------------------------------------------- stages
@@ -207,7 +215,7 @@ def _guarded(run: Run, train):
         return train()
     except DivergedError as e:
         path = run.path("checkpoints", f"{e.name.replace(' ', '_').replace('/', '_')}.last_good.pt")
-        if e.state is not None:
+        if e.state is not None and _writes():
             prefix = "model."  # the Standardized wrapper's prefix: checkpoints hold the inner model
             save_torch_atomic({k.removeprefix(prefix): v for k, v in e.state.items() if k.startswith(prefix)}, path)
         raise StageError(f"{e} The last good weights are in {path.relative_to(run.dir)}.") from e
@@ -249,7 +257,8 @@ def stage_teacher(run: Run, progress) -> None:
             modules.append(model)
             records.append(rec)
             name = "teacher.pt" if single else f"teacher_member{i}.pt"
-            save_torch_atomic(model.model.state_dict(), run.path("checkpoints", name))
+            if _writes():
+                save_torch_atomic(model.model.state_dict(), run.path("checkpoints", name))
     n_train = len(run.tensors[1])
     seen = "all" if labelled is None or run.cfg.distill.teacher_labels == "all" else "labelled"
     trained_on = {"labels": seen, "n_labelled": n_train if seen == "all" else len(labelled), "n_train": n_train}
@@ -297,6 +306,41 @@ REUSED_NOTE = "reused (trained in an earlier run)"
 
 
 def _reuse(run: Run, stage: str, progress, restore) -> bool:
+    """``_reuse_here`` on rank 0; in a distributed run rank 0 broadcasts its decision (and, for the teacher, the
+    restored weights and record) so that every rank trains, or skips, the same stages."""
+    from kd2deploy.distill import dist
+
+    ctx = dist.context()
+    if not ctx.active:
+        return _reuse_here(run, stage, progress, restore)
+    hit = _reuse_here(run, stage, progress, restore) if ctx.is_main else None
+    payload = None
+    if ctx.is_main and hit and stage == "teacher":
+        payload = ({k: v.detach() for k, v in run.teacher.state_dict().items()}, run.results["models"]["teacher"])
+    hit, payload = dist.broadcast_object((hit, payload))
+    if hit and not ctx.is_main and stage == "teacher":
+        run.teacher = _teacher_shell(run, payload[0])
+        run.results.setdefault("models", {})["teacher"] = payload[1]
+    return bool(hit)
+
+
+def _teacher_shell(run: Run, state: dict[str, Any]):
+    """The teacher module (single or ensemble) built for this run's data, with ``state`` loaded."""
+    import torch
+
+    from kd2deploy.distill.teacher import EnsembleTeacher
+    from kd2deploy.models import build_model
+
+    members = run.cfg.teacher.members(run.cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        modules = [_wrap(build_model(m["arch"], run.data.input_shape, run.data.num_classes, m["kwargs"], "teacher"),
+                         run) for m in members]
+    teacher = modules[0] if len(modules) == 1 else EnsembleTeacher(modules)
+    teacher.load_state_dict(state)
+    return teacher.eval()
+
+
+def _reuse_here(run: Run, stage: str, progress, restore) -> bool:
     """On a cache hit: rebuilds the stage's modules from the entry (``restore``), copies its checkpoints into the
     run folder, restores its results record and notes the reuse; returns False (compute the stage) otherwise."""
     from kd2deploy import cache
@@ -483,7 +527,9 @@ def stage_students(run: Run, progress) -> None:
         }
         by_arm.setdefault(arm.name, []).append(test_acc)
         models[arm.key] = model
-        save_torch_atomic(model.model.state_dict(), run.path("checkpoints", f"student_{arm.name}_seed{arm.seed}.pt"))
+        if _writes():
+            save_torch_atomic(model.model.state_dict(),
+                              run.path("checkpoints", f"student_{arm.name}_seed{arm.seed}.pt"))
     # The shipped student: the KD seed with the best validation accuracy (never chosen on test).
     best_seed = max(cfg.seeds, key=lambda s: (per_seed[s]["kd"]["val_accuracy"], -cfg.seeds.index(s)))
     run.student = models[f"kd/seed{best_seed}"]
@@ -682,15 +728,20 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
     writes the cache.
     """
     from kd2deploy.cache import StageCache, resolve_force
+    from kd2deploy.distill import dist
     from kd2deploy.energy.meter import EnergyMeter
 
     forced = resolve_force(force)
     t0 = time.perf_counter()
-    run_dir = new_run_dir(Path(out), cfg.name)
-    handler = _setup_logging(run_dir)
-    run = Run(cfg=cfg, dir=run_dir, source=source, cache=StageCache(Path(out) / ".cache", forced) if cache else None)
-    write_atomic(run.path("config.yaml"), _yaml(cfg.resolved()))
-    if source is not None:
+    ctx = dist.init()  # torchrun's environment: several training processes; else a no-op
+    main = ctx.is_main
+    run_dir = Path(dist.broadcast_object(str(new_run_dir(Path(out), cfg.name)) if main else None))
+    handler = _setup_logging(run_dir) if main else None
+    run = Run(cfg=cfg, dir=run_dir, source=source,
+              cache=StageCache(Path(out) / ".cache", forced) if cache and main else None)
+    if main:
+        write_atomic(run.path("config.yaml"), _yaml(cfg.resolved()))
+    if source is not None and main:
         shutil.copyfile(source, run.path("pipeline.yaml"))
     run.results.update(
         schema_version=RESULTS_SCHEMA_VERSION, kd2deploy_version=__version__,
@@ -699,12 +750,16 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
         run={"dir": str(run_dir), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reused": {}},
         environment=environment(), warnings=[],
     )
-    ui.console.print(f"[bold]kd2deploy {__version__}[/bold] — pipeline [cyan]{cfg.name}[/cyan] → {run_dir}")
+    run.results["run"]["distributed"] = _training_mode(ctx)
+    if main:
+        ui.console.print(f"[bold]kd2deploy {__version__}[/bold] — pipeline [cyan]{cfg.name}[/cyan] → {run_dir}"
+                         + (f" ({ctx.world_size} training processes, {ctx.backend})" if ctx.active else ""))
     log.info("run %s started, config hash %s", run_dir, cfg.config_hash())
-    run.meter = EnergyMeter.from_config(cfg.energy, run.path("energy"), project=cfg.name)
+    run.meter = (EnergyMeter.from_config(cfg.energy, run.path("energy"), project=cfg.name) if main
+                 else EnergyMeter(run_dir / "energy", enabled=False))  # rank 0 alone measures and writes
     stages_t: dict[str, float] = {}
     try:
-        with ui.progress() as progress:
+        with (ui.progress() if main else _quiet_progress()) as progress:
             for name, fn, needs_progress in (
                 ("data", stage_data, False), ("checks", stage_checks, False), ("teacher", stage_teacher, True),
                 ("students", stage_students, True),
@@ -716,6 +771,11 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
                 fn(run, progress) if needs_progress else fn(run)
                 stages_t[name] = time.perf_counter() - ts
                 log.info("stage %s finished in %.1f s", name, stages_t[name])
+                if name == "students" and ctx.active:  # training is over: rank 0 goes on alone
+                    dist.barrier()
+                    dist.cleanup()
+                    if not main:
+                        return run
         run.results["headline"] = headline(run.results)
         ts = time.perf_counter()
         stage_ship(run)
@@ -729,18 +789,50 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
         write_json(run.path("results.json"), run.results)
     except BaseException as e:  # a failure, a bug or Ctrl-C: keep what is known so far
         log.error("%s: %s", type(e).__name__, e)
-        try:
-            write_json(run.path("results.partial.json"), run.results)
-        except Kd2DeployError as e2:  # e.g. the disk is full: keep the real cause as the message
-            log.error("results.partial.json not written: %s", e2)
+        if main:
+            try:
+                write_json(run.path("results.partial.json"), run.results)
+            except Kd2DeployError as e2:  # e.g. the disk is full: keep the real cause as the message
+                log.error("results.partial.json not written: %s", e2)
+        if isinstance(e, dist.RankLost):
+            kept = ", ".join(str(r.dir) for r in run.resumes.values()) or str(Path(out) / ".cache")
+            raise dist.RankLost(f"{e}; the whole run stopped. The last good checkpoint is kept ({kept}); run the "
+                                "same command again to resume from it.") from e
         raise
     finally:
         for resume in run.resumes.values():  # a stopped stage keeps its checkpoints for the next run
             resume.release()
         run.meter.close()
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        dist.cleanup()
     return run
+
+
+def _training_mode(ctx) -> dict[str, Any]:
+    """How training ran, for results.json and the report."""
+    return {**ctx.as_dict(), "backend": ctx.backend or "none (one process)",
+            "how": (f"{ctx.world_size} processes ({ctx.nnodes} node(s), {ctx.backend}): each trains on its slice of "
+                    "every global batch, gradients summed across processes, batch-norm running statistics averaged "
+                    "every epoch; rank 0 alone wrote files and ran export, benchmark and energy")
+            if ctx.active else "one process"}
+
+
+class _quiet_progress:
+    """A progress stand-in for ranks other than 0 (only rank 0 draws on the terminal)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,20 @@ def progress() -> Progress:
     )
 
 
+def _quiet() -> bool:
+    """Ranks other than 0 of a torchrun job train silently: rank 0 speaks for the run."""
+    import os
+
+    return os.environ.get("RANK", "0") != "0"
+
+
 def step(msg: str) -> None:
+    if _quiet():
+        return
     console.print(f"[green]✓[/green] {msg}")
 
 
 def warn(msg: str) -> None:
+    if _quiet():
+        return
     console.print(f"[yellow]![/yellow] {msg}")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd2deploy.distill import dist
 from kd2deploy.distill.arms import Arm, arm_pool, initial_weights, train_arms
 from kd2deploy.distill.losses import (
     LOSSES,
@@ -341,7 +342,9 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
     row = torch.tensor([list(orders).index(k) for k in keys])
     hists = [History() for _ in arms]
     start, done_s = 1, 0.0
-    saved = checkpoint.load() if checkpoint is not None else None
+    ctx = dist.context()
+    saved = checkpoint.load() if checkpoint is not None and ctx.is_main else None
+    saved = dist.broadcast_object(saved)  # rank 0 reads the resume checkpoint; every rank continues from it
     if saved is not None:
         with torch.no_grad():
             for name, v in saved["params"].items():
@@ -363,20 +366,32 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
         running = torch.zeros(m, dtype=torch.float64)
         for step in range(len(batches[0])):
             idx = torch.stack([b[step] for b in batches])[row]
-            logits = forward(params, buffers, x_train[idx], True)
-            losses = loss_fn(logits, None if teacher_logits is None else teacher_logits[idx], y_train[idx])
+            total = idx.shape[1]
+            if ctx.active:  # this rank's columns of every model's global batch, losses weighted by their share
+                a, b = dist.my_slice(total)
+                idx = idx[:, a:b]
+            opt.zero_grad(set_to_none=True)
+            if idx.shape[1]:
+                logits = forward(params, buffers, x_train[idx], True)
+                losses = loss_fn(logits, None if teacher_logits is None else teacher_logits[idx], y_train[idx])
+                if ctx.active:
+                    losses = losses * dist.slice_weight(idx.shape[1], total)
+                if torch.isfinite(losses.detach()).all():
+                    losses.sum().backward()
+            else:  # fewer samples than ranks: this rank adds nothing
+                losses = torch.zeros(m)
+            losses = dist.all_reduce_grads(params.values(), losses.detach())  # whole-batch losses and gradients
             bad = ~torch.isfinite(losses.detach())
             if bad.any():
                 k = int(bad.nonzero()[0])
                 state = {name: v[k].clone() for name, v in good.items()}
                 models[k].load_state_dict(state)
                 raise DivergedError(f"student {arms[k].key}", float(losses[k].detach()), epoch, state)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
             opt.step()
             if sched is not None:
                 sched.step()
-            running += losses.detach().double() * idx.shape[1]
+            running += losses.detach().double() * total
+        dist.average_buffers(v for k, v in buffers.items() if k.endswith(("running_mean", "running_var")))
         good = _snapshot(params, buffers)
         val = _evaluate(forward, params, buffers, x_val, y_val, m)
         elapsed = (time.perf_counter() - t0) / m
@@ -386,7 +401,7 @@ def _train_stacked(forward, models, arms, tensors, teacher_logits, cfg, on_epoch
             all_metrics.append({"epoch": epoch, "train_loss": float(running[k]) / n, "val_loss": val[k][0],
                                 "val_acc": val[k][1], "time_s": elapsed})
             hist.epochs.append(all_metrics[-1])
-        if checkpoint is not None:
+        if checkpoint is not None and ctx.is_main:
             checkpoint.save(epoch, {
                 "params": {k: v for k, v in good.items() if k in params},
                 "buffers": {k: v for k, v in good.items() if k in buffers},

@@ -131,6 +131,7 @@ def fit(
         DivergedError: a StageError naming ``name`` and the epoch, when the loss becomes NaN or infinite; the
             model is reset to its last good epoch, whose weights the error carries.
     """
+    from kd2deploy.distill import dist
     from kd2deploy.distill.losses import hard_ce
     from kd2deploy.distill.resume import rng_state, set_rng_state
     from kd2deploy.distill.teacher import take
@@ -153,7 +154,10 @@ def fit(
         return hard_ce(logits, y, smoothing) if loss_fn is None else loss_fn(logits, t_batch, y)
 
     start, done_s = 1, 0.0
-    saved = checkpoint.load() if checkpoint is not None else None
+    ctx = dist.context()
+    saved = checkpoint.load() if checkpoint is not None and ctx.is_main else None
+    saved = dist.broadcast_object(saved)  # rank 0 reads the resume checkpoint; every rank continues from it
+    params = [*model.parameters(), *extra]
     if saved is not None:
         model.load_state_dict(saved["model"])
         with torch.no_grad():
@@ -175,34 +179,49 @@ def fit(
         for idx in order.epoch():
             xb, yb = x_train[idx], y_train[idx]
             mix = None
-            if live:
+            if live:  # on the whole global batch, so every rank draws what one process would
                 xb, mix = apply_perturb(xb, yb, perturb, aug_gen)
-            t_batch = None
-            if loss_fn is not None:
-                t_batch = teacher_fn(xb) if live and teacher_fn is not None else take(teacher_logits, idx)
-            logits = model(xb)
-            if mix is None:
-                loss = step_loss(logits, t_batch, yb)
-            else:  # every term is linear in the hard-label CE: mixing the losses mixes the labels
-                lam, y2 = mix
-                loss = lam * step_loss(logits, t_batch, yb) + (1 - lam) * step_loss(logits, t_batch, y2)
+            total = len(idx)
+            if ctx.active:  # this rank's slice of the global batch; its mean loss weighted by its share
+                a, b = dist.my_slice(total)
+                idx, xb, yb = idx[a:b], xb[a:b], yb[a:b]
+                if mix is not None:
+                    mix = (mix[0], mix[1][a:b])
+            weight = dist.slice_weight(len(idx), total)
+            opt.zero_grad(set_to_none=True)
+            if len(idx):
+                t_batch = None
+                if loss_fn is not None:
+                    t_batch = teacher_fn(xb) if live and teacher_fn is not None else take(teacher_logits, idx)
+                logits = model(xb)
+                if mix is None:
+                    loss = step_loss(logits, t_batch, yb)
+                else:  # every term is linear in the hard-label CE: mixing the losses mixes the labels
+                    lam, y2 = mix
+                    loss = lam * step_loss(logits, t_batch, yb) + (1 - lam) * step_loss(logits, t_batch, y2)
+                if ctx.active:
+                    loss = loss * weight
+                if torch.isfinite(loss):
+                    loss.backward()
+            else:  # fewer samples than ranks: this rank adds nothing to the gradient
+                loss = torch.zeros(())
+            loss = dist.all_reduce_grads(params, loss)  # the whole batch's loss and gradient on every rank
             if not torch.isfinite(loss):
                 model.load_state_dict(good_state)
                 raise DivergedError(name, float(loss.detach()), epoch, good_state)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
-            running += float(loss.detach()) * len(idx)
-            count += len(idx)
+            running += float(loss.detach()) * total
+            count += total
         hist.samples_seen += count
+        dist.average_buffers(dist.bn_buffers(model))  # per-rank batch-norm statistics -> their mean
         val = evaluate(model, x_val, y_val)
         metrics = {"epoch": epoch, "train_loss": running / count, "val_loss": val["loss"],
                    "val_acc": val["acc"], "time_s": time.perf_counter() - t0}
         hist.epochs.append(metrics)
         good_state = {k: v.clone() for k, v in model.state_dict().items()}
-        if checkpoint is not None:
+        if checkpoint is not None and ctx.is_main:
             hist.train_time_s = metrics["time_s"]
             checkpoint.save(epoch, {
                 "model": good_state, "extra": [p.detach().clone() for p in extra], "optimizer": opt.state_dict(),
