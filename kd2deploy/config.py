@@ -217,6 +217,19 @@ class TransferConfig(Strict):
     mixup_alpha: Annotated[float, Field(ge=0)] = Field(0.0, description="mixup Beta(a, a); 0 = off")
 
 
+class TeacherStoreConfig(Strict):
+    """The teacher's logits on the (fixed) transfer set, computed once and kept on disk for every student run
+    (``<out>/.cache/teacher_outputs/``; see ``kd2deploy/distill/store.py``).
+
+    With per-step shifts or mixup the teacher must see every augmented batch, so the store does not apply: the
+    teacher then runs on every batch and the run says so (a fallback, not an error).
+    """
+
+    enabled: bool = Field(True, description="read teacher outputs from the on-disk store (written once)")
+    top_k: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="store only the k largest logits per sample (null: full logits, exact)")
+
+
 class DistillConfig(Strict):
     """Hinton distillation of the student, and the controls it is compared with."""
 
@@ -240,6 +253,7 @@ class DistillConfig(Strict):
         "all", description="what the teacher trains on with labelled_fraction < 1: every label, or the kept ones"
     )
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    teacher_store: TeacherStoreConfig = Field(default_factory=TeacherStoreConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=120, lr=1e-2))
 
     @field_validator("loss")

@@ -63,6 +63,7 @@ def _describe(code: int | None) -> str:
 def launch(nproc: int, args: list[str], out_dir: str = "runs") -> int:
     """Runs torchrun; returns its exit code (0, or 1 after one line on stderr when a rank failed)."""
     env = {**os.environ, LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too (it prints a banner when it sets it)
     proc = subprocess.Popen(torchrun_command(nproc, args), stdout=sys.stdout, stderr=subprocess.PIPE, text=True,
                             env=env, bufsize=1)
     held: list[str] = []  # a traceback block: torchrun's own (dropped) or a rank's (passed on)

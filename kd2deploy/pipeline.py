@@ -49,6 +49,8 @@ class Run:
     cache: Any = None  # a kd2deploy.cache.StageCache, or None: every stage computes
     cache_keys: dict[str, tuple[str, dict]] = field(default_factory=dict)  # stage -> (key, inputs)
     resumes: dict[str, Any] = field(default_factory=dict)  # stage -> kd2deploy.distill.resume.Resume
+    out: Path = Path("runs")  # the --out folder (its .cache/ holds the teacher-output store)
+    use_cache: bool = True
 
     def path(self, *parts: str) -> Path:
         p = self.dir.joinpath(*parts)
@@ -486,9 +488,34 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
             "n": len(values)}
 
 
+def _teacher_logits(run: Run, perturb) -> tuple[Any, dict[str, Any]]:
+    """The teacher's outputs on the transfer set: from the on-disk store (``distill.teacher_store``), computed
+    once in memory (store off, or no cache), or None when per-step perturbations make the teacher run per batch."""
+    from kd2deploy.distill import dist
+    from kd2deploy.distill.store import teacher_outputs
+    from kd2deploy.distill.teacher import teacher_logits_of
+
+    cfg = run.cfg.distill.teacher_store
+    if perturb.active:
+        if cfg.enabled:
+            log.info("teacher store not used: per-step shifts / mixup make the teacher run on every batch")
+        return None, {"used": False, "reason": "per-step shifts / mixup: the teacher runs on every batch"}
+    x_tr = run.tensors[0]
+    if cfg.top_k is not None and cfg.top_k >= run.data.num_classes:
+        raise ConfigError(f"distill.teacher_store.top_k: {cfg.top_k} is not below the data's "
+                          f"{run.data.num_classes} classes; use null to store the full logits")
+    if not cfg.enabled or not run.use_cache:
+        why = "distill.teacher_store.enabled is false" if not cfg.enabled else "the cache is off"
+        return teacher_logits_of(run.teacher, x_tr), {"used": False, "reason": f"{why}: computed once in memory"}
+    root = Path(run.out) / ".cache" / "teacher_outputs"
+    outputs, record = teacher_outputs(run.teacher, x_tr, root, run.cfg.resolved()["data"], cfg.top_k)
+    record["used"] = True
+    record["shards"] = dist.context().world_size
+    return outputs, record
+
+
 def stage_students(run: Run, progress) -> None:
     from kd2deploy.distill.arms import train_arms
-    from kd2deploy.distill.teacher import teacher_logits_of
     from kd2deploy.distill.train import evaluate
     from kd2deploy.distill.transfer import Perturb
     from kd2deploy.models.nets import count_params
@@ -502,7 +529,7 @@ def stage_students(run: Run, progress) -> None:
     cfg = run.cfg.distill
     x_tr, y_tr, x_va, y_va, x_te, y_te = run.tensors
     perturb = Perturb(cfg.transfer.shift_px, cfg.transfer.mixup_alpha)
-    teacher_logits = None if perturb.active else teacher_logits_of(run.teacher, x_tr)
+    teacher_logits, store_record = _teacher_logits(run, perturb)
     labelled = _labelled(run)
     arms = _arms(run)
     _check_logits(_wrap(_build(run, "student"), run), run, "student")
@@ -562,7 +589,9 @@ def stage_students(run: Run, progress) -> None:
             "controls": "labelled samples only, same number of steps and batch size as KD",
         },
         "transfer": {"shift_px": perturb.shift_px, "mixup_alpha": perturb.mixup_alpha,
-                     "teacher_outputs": "per batch, on the student's view" if perturb.active else "computed once"},
+                     "teacher_outputs": "per batch, on the student's view" if perturb.active else
+                     ("from the teacher-output store" if store_record.get("key") else "computed once"),
+                     "teacher_store": store_record},
     }
     _say_students(run.results["distill"])
     _store(run, "students", [f"student_{arm.name}_seed{arm.seed}.pt" for arm in arms], run.results["distill"])
@@ -738,7 +767,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
     run_dir = Path(dist.broadcast_object(str(new_run_dir(Path(out), cfg.name)) if main else None))
     handler = _setup_logging(run_dir) if main else None
     run = Run(cfg=cfg, dir=run_dir, source=source,
-              cache=StageCache(Path(out) / ".cache", forced) if cache and main else None)
+              cache=StageCache(Path(out) / ".cache", forced) if cache and main else None, out=Path(out),
+              use_cache=cache)
     if main:
         write_atomic(run.path("config.yaml"), _yaml(cfg.resolved()))
     if source is not None and main:

@@ -260,3 +260,17 @@ def _maybe_die() -> None:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` for one process)."""
+    if not _ctx.active:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * _ctx.world_size
+    try:
+        dist.all_gather_object(out, obj)
+    except RuntimeError as e:
+        raise _lost(e) from e
+    return out
