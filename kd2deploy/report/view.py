@@ -380,6 +380,36 @@ def _resumed_text(results: dict[str, Any]) -> str:
             "counts only the epochs trained in this run)")
 
 
+def _training_mode_text(results: dict[str, Any]) -> str:
+    """How the training stages ran: one process, or N processes with their backend."""
+    d = _get(results, "run", "distributed", default=None)
+    if not d:
+        return "one process"
+    return d.get("how") or f"{d.get('world_size', 1)} process(es), backend {d.get('backend')}"
+
+
+def _stage_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Wall time and energy per stage. Energy is tracked (CodeCarbon) around the training stages; the energy
+    stage's own inference windows are reported above; other stages are timed only."""
+    stage_s = _get(results, "run", "stage_wall_s", default={}) or {}
+    training = {t.get("label"): t for t in (_get(results, "energy", "training", default=[]) or [])}
+    for stage, rec in (("teacher", _get(results, "models", "teacher", default={})),
+                       ("students", results.get("distill") or {})):
+        if f"train:{stage}" not in training and (rec or {}).get("energy"):
+            training[f"train:{stage}"] = rec["energy"]
+    rows = []
+    for stage, secs in stage_s.items():
+        t = training.get(f"train:{stage}") or {}
+        if t.get("reused"):
+            energy, note = None, t.get("note") or "reused"
+        elif t.get("energy_kwh") is not None:
+            energy, note = t["energy_kwh"], t.get("mode") or ""
+        else:
+            energy, note = None, "timed only" if stage not in ("teacher", "students") or not t else "not measured"
+        rows.append({"stage": stage, "seconds": secs, "energy_kwh": energy, "note": note})
+    return rows
+
+
 def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
     """Everything the templates show, computed once."""
     from kd2deploy.report import plots
@@ -413,6 +443,8 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "reused": _reused_text(results),
         "resumed": _resumed_text(results),
         "stage_total_s": sum(stage_s.values()) if stage_s else None,
+        "stage_rows": _stage_rows(results),
+        "training_mode": _training_mode_text(results),
         "ship": results.get("ship"),
         "variants": _variant_rows(results),
         "devices": results.get("devices") or {},
