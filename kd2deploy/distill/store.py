@@ -137,6 +137,8 @@ def write(folder: Path, logits: torch.Tensor, top_k: int | None) -> None:
         meta = {"format": FORMAT, "top_k": top_k, "num_classes": int(logits.shape[-1]),
                 "shape": list(logits.shape), "arrays": sorted(arrays)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():  # only reached when the entry there was not usable: replace it
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             os.rename(tmp, folder)
         except OSError:  # another run stored it first: theirs is as good
@@ -169,6 +171,10 @@ def teacher_outputs(teacher: torch.nn.Module, x: torch.Tensor, root: Path, data_
     outputs = load(folder)
     # another node without a shared file system does not see rank 0's folder: rank 0 sends the logits
     if any(dist.all_gather_object(outputs is None)):
+        if outputs is None and dist.is_main():
+            from kd2deploy.errors import StageError
+
+            raise StageError(f"teacher store {folder}: the entry just written cannot be read back")
         dense = dist.broadcast_object(outputs.dense() if dist.is_main() else None)
         outputs = outputs if outputs is not None else _in_memory(dense, top_k)
     record = {"key": key, "dir": str(folder), "hit": bool(found), "top_k": top_k, "seconds": time.perf_counter() - t0,
