@@ -52,6 +52,12 @@ def _launched() -> bool:
     return os.environ.get("KD2DEPLOY_LAUNCHED") == "1" and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def handle_errors(fn):
     """Turns errors into one line on stderr and an exit code: 2 bad input, 1 failure, 130 interrupted.
 
@@ -83,8 +89,9 @@ def handle_errors(fn):
         except Kd2DeployError as e:
             if _debug:
                 raise
-            if _launched() and type(e).__name__ == "RankLost":
-                raise typer.Exit(1) from None  # kd2deploy run --nproc says it, once, naming the rank
+            if _launched() and (type(e).__name__ == "RankLost" or (e.exit_code == 2 and _rank() != 0)):
+                # kd2deploy run --nproc names the lost rank, once; bad input is the same on every rank: rank 0 says it
+                raise typer.Exit(e.exit_code) from None
             raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt as e:
             if _launched():  # torchrun stopped this rank because another one failed: the launcher says so

@@ -88,8 +88,8 @@ def launch(nproc: int, args: list[str], out_dir: str = "runs") -> int:
         return 0
     text = failure or "".join(held)
     rank, code = failed_rank(text)
-    if rank is None and not text:
-        return rc
+    if (rank is None and not text) or code == 2:  # bad input: the rank already said what is wrong
+        return 2 if code == 2 else rc
     who = f"training rank {rank} of {nproc} stopped ({_describe(code)})" if rank is not None else \
         f"a training process stopped (torchrun exit code {rc})"
     sys.stderr.write(f"error: {who}; the whole run stopped. The last good checkpoint is kept in "
