@@ -229,6 +229,10 @@ def stage_checks(run: Run) -> None:
 
     for role in ("teacher", "student"):
         _check_logits(_wrap(_build(run, role), run), run, role)
+    top_k = run.cfg.distill.teacher_store.top_k
+    if top_k is not None and top_k >= run.data.num_classes:
+        raise ConfigError(f"distill.teacher_store.top_k: {top_k} is not below the data's "
+                          f"{run.data.num_classes} classes; use null to store the full logits")
     bench = run.cfg.benchmark
     for name in bench.backends:
         ok, reason = BACKENDS.get(name).available()
@@ -501,9 +505,6 @@ def _teacher_logits(run: Run, perturb) -> tuple[Any, dict[str, Any]]:
             log.info("teacher store not used: per-step shifts / mixup make the teacher run on every batch")
         return None, {"used": False, "reason": "per-step shifts / mixup: the teacher runs on every batch"}
     x_tr = run.tensors[0]
-    if cfg.top_k is not None and cfg.top_k >= run.data.num_classes:
-        raise ConfigError(f"distill.teacher_store.top_k: {cfg.top_k} is not below the data's "
-                          f"{run.data.num_classes} classes; use null to store the full logits")
     if not cfg.enabled or not run.use_cache:
         why = "distill.teacher_store.enabled is false" if not cfg.enabled else "the cache is off"
         return teacher_logits_of(run.teacher, x_tr), {"used": False, "reason": f"{why}: computed once in memory"}
