@@ -401,7 +401,7 @@ def _stage_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for stage, secs in stage_s.items():
         t = training.get(f"train:{stage}") or {}
         if t.get("reused"):
-            energy, note = None, t.get("note") or "reused"
+            energy, note = None, "from the stage cache: not trained in this run"
         elif t.get("energy_kwh") is not None:
             energy, note = t["energy_kwh"], t.get("mode") or ""
         else:
