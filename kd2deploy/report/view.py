@@ -406,6 +406,8 @@ def _stage_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             energy, note = t["energy_kwh"], t.get("mode") or ""
         else:
             energy, note = None, "timed only" if stage not in ("teacher", "students") or not t else "not measured"
+            if stage == "energy":
+                note = "timed here; the energy of its inference windows is in the energy table"
         rows.append({"stage": stage, "seconds": secs, "energy_kwh": energy, "note": note})
     return rows
 
