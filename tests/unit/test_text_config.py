@@ -130,3 +130,22 @@ def test_labels_sorted_and_splits_seeded_and_stratified(tmp_path):
     one.write_text("text,label\na,x\nb,x\n")
     with pytest.raises(ConfigError, match="has one label"):
         load_text_data(TextDataConfig.model_validate({"path": str(one)}), tmp_path, 0)
+
+
+def test_sweep_and_report_refuse_text_runs(tmp_path, text_files):
+    import json
+
+    from kd2deploy.report.rerender import load_results
+
+    (tmp_path / "results.json").write_text(json.dumps({"task": "text", "schema_version": 1}))
+    with pytest.raises(ConfigError, match="a task: text run; re-rendering, --device and compare"):
+        load_results(tmp_path)
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    p = _write(text_files, BASE)
+    out = subprocess.run([sys.executable, "-m", "kd2deploy", "sweep", str(p)], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}, timeout=120)
+    assert out.returncode == 2 and "sweep is not built for task: text" in out.stderr
