@@ -35,6 +35,17 @@ def export_folder(hf_folder: Path, out: Path, *, atol: float, validate: bool) ->
     out.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
     sink = io.StringIO()
+    caught: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                caught.append(record.getMessage()[:300])
+                log.info("optimum: %s", record.getMessage())
+
+    opt_log = logging.getLogger("optimum")
+    saved = opt_log.handlers[:], opt_log.propagate
+    opt_log.handlers, opt_log.propagate = [_Collect()], False  # its warnings go to run.log and the results
     try:
         from optimum.exporters.onnx import main_export
 
@@ -42,13 +53,15 @@ def export_folder(hf_folder: Path, out: Path, *, atol: float, validate: bool) ->
             main_export(str(hf_folder), str(out), task="text-classification", local_files_only=True,
                         do_validation=validate, atol=atol, device="cpu")
         info.update(exporter="optimum.exporters.onnx.main_export", validation=validate, optimum_atol=atol)
-        warned = [ln for ln in sink.getvalue().splitlines() if "atol" in ln.lower() or "not within" in ln.lower()]
+        warned = [m for m in caught if "atol" in m.lower() or "not within" in m.lower()]
         if warned:
-            info["optimum_validation_warning"] = warned[-1][:300]
+            info["optimum_validation_warning"] = warned[-1]
     except Exception as e:  # noqa: BLE001 - fall back to torch.onnx, saying why
         log.warning("optimum export failed (%s: %s); falling back to torch.onnx", type(e).__name__, e)
         info.update(exporter="torch.onnx.export (legacy)", optimum_error=f"{type(e).__name__}: {str(e)[:300]}")
         _torch_export(hf_folder, out / "model.onnx")
+    finally:
+        opt_log.handlers, opt_log.propagate = saved
     for f in hf_folder.iterdir():  # tokenizer and config beside the model (optimum copies most already)
         if f.is_file() and f.suffix in (".json", ".txt") and not (out / f.name).exists():
             shutil.copyfile(f, out / f.name)

@@ -164,7 +164,7 @@ def stage_export(run) -> None:
 
 
 def stage_variants(run, progress) -> None:
-    from kd2deploy.export.variants import evaluate_variant, make_variant  # noqa: F401 - evaluate: tensor only
+    from kd2deploy.export.variants import make_variant
     from kd2deploy.text.export import onnx_logits
 
     vc = run.cfg.variants
@@ -172,6 +172,7 @@ def stage_variants(run, progress) -> None:
     out: dict[str, Any] = {}
     run.variants = {}
     todo = [(m, s) for m in vc.apply_to for s in vc.variants]
+    refs: dict[str, np.ndarray] = {}
     task = progress.add_task("variants", total=len(todo), info="")
     for model, spec in todo:
         progress.update(task, info=f"{model} {spec.name}")
@@ -187,7 +188,9 @@ def stage_variants(run, progress) -> None:
             progress.update(task, advance=1)
             continue
         logits = onnx_logits(path, run.tokenizer, texts, run.cfg.text.data.max_seq_len)
-        ref = onnx_logits(src, run.tokenizer, texts, run.cfg.text.data.max_seq_len)
+        if model not in refs:
+            refs[model] = onnx_logits(src, run.tokenizer, texts, run.cfg.text.data.max_seq_len)
+        ref = refs[model]
         entry["variants"].append({
             "label": label, "kind": spec.kind, "spec": spec.model_dump(mode="json"),
             "file": str(path.relative_to(run.dir)), "size_bytes": path.stat().st_size,
@@ -205,7 +208,7 @@ def stage_variants(run, progress) -> None:
 
 
 def stage_benchmark(run, progress) -> None:
-    from kd2deploy.bench.harness import count_windows, ratios, strip_samples  # noqa: F401
+    from kd2deploy.bench.harness import ratios, strip_samples
     from kd2deploy.bench.pipeline_bench import harness_settings
     from kd2deploy.text.bench import latency, tokenizer_timing
 
