@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("transformers", reason="task: text needs the [hf] extra (pip install -e '.[hf]')")
-pytest.importorskip("optimum.onnxruntime", reason="task: text needs the [hf] extra (optimum-onnx[onnxruntime])")
-pytest.importorskip("tokenizers", reason="task: text needs the [hf] extra (tokenizers)")
+HF = "task: text needs the [hf] extra (pip install -c constraints.txt -e '.[hf]')"
+pytest.importorskip("transformers", reason=HF, exc_type=ImportError)  # a broken install skips too
+pytest.importorskip("optimum.onnxruntime", reason=HF, exc_type=ImportError)
+pytest.importorskip("tokenizers", reason=HF, exc_type=ImportError)
 
 from tests.hf_tiny import tiny_bert_folder, tiny_texts, write_csv  # noqa: E402
 from tests.integration.test_cli import kd2deploy  # noqa: E402

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("transformers", reason="task: text needs the [hf] extra (pip install -e '.[hf]')")
+HF = "task: text needs the [hf] extra (pip install -c constraints.txt -e '.[hf]')"
+pytest.importorskip("transformers", reason=HF, exc_type=ImportError)  # a broken install skips too
 
 import torch  # noqa: E402
 
