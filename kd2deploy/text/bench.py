@@ -51,6 +51,8 @@ def tokenizer_timing(tokenizer_json: Path, texts: list[str], max_len: int, repea
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.no_truncation()  # a saved tokenizer.json may carry its own truncation / padding settings
+    tok.no_padding()
     full = [len(e.ids) for e in tok.encode_batch(texts)]
     tok.enable_truncation(max_length=max_len)
     for t in texts[:10]:

@@ -54,6 +54,10 @@ def render_markdown(res: dict[str, Any]) -> str:
     first = (distill.get("students") or [{}])[0]
     shape = ", ".join(f"{k} {first[k]}" for k in ("num_layers", "hidden_size", "init", "layer_map") if k in first)
     terms = ", ".join(f"{t['loss']} x{t['weight']:g}" for t in distill.get("terms", []))
+    emb = {n: bench.get("models", {}).get(n, {}).get("embedding_params") for n in ("teacher", "student")}
+    if all(emb.values()):
+        lines += ["", f"Embeddings hold {emb['teacher']:,} of the teacher's and {emb['student']:,} of the student's "
+                  "parameters: removing layers shrinks the rest, and the latency, far more than the file."]
     lines += ["", f"- teacher: `{teacher.get('as_given')}` ({teacher.get('architecture')}); {teacher.get('why')}.",
               f"- student: {shape}; losses {terms} (T {distill.get('temperature')}, alpha {distill.get('alpha')}); "
               f"seeds {distill.get('seeds')}, test acc mean {_pct(distill.get('test_accuracy_mean'))} "

@@ -246,16 +246,21 @@ def stage_benchmark(run, progress) -> None:
         "ratios": [r for r in ratio_rows if r["seq_len"] == s0],
         "ratios_all": ratio_rows,
         "tokenizer": tok,
-        "models": {"teacher": {"params": run.results["models"]["teacher"]["params"],
-                               "layers": run.teacher.config.num_hidden_layers},
-                   "student": {"params": run.results["distill"]["student_params"],
-                               "layers": run.student.config.num_hidden_layers}},
+        "models": {name: {"params": sum(p.numel() for p in m.parameters()), "layers": m.config.num_hidden_layers,
+                          "embedding_params": _embedding_params(m)}
+                   for name, m in (("teacher", run.teacher), ("student", run.student))},
     }
     p50 = {(r["model"], r["batch_size"]): r["p50_us"] for r in rows if r["seq_len"] == s0}
     b0 = cfg.batch_sizes[0]
     ui.step(f"benchmark (onnxruntime CPU, {cfg.intra_op_threads} thread(s), batch {b0}, {s0} tokens, p50): "
             f"teacher {p50[('teacher', b0)] / 1e3:.2f} ms, student {p50[('student', b0)] / 1e3:.2f} ms; "
             f"tokenisation {tok['p50_us'] / 1e3:.2f} ms/text")
+
+
+def _embedding_params(model) -> int | None:
+    """Parameters of the token/position embeddings: the share layer removal cannot shrink."""
+    emb = getattr(model.base_model, "embeddings", None)
+    return sum(p.numel() for p in emb.parameters()) if emb is not None else None
 
 
 def stage_energy(run, progress) -> None:
