@@ -178,7 +178,9 @@ def run(
     signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops like Ctrl-C: partial results, kept checkpoints
     result = run_pipeline(cfg, out, source=pipeline, force=forced)
     if "headline" not in result.results:  # a training rank other than 0: rank 0 finishes the run and reports
-        return
+        from kd2deploy.distill.dist import exit_training_rank
+
+        exit_training_rank()
     res = result.results
     batches = sorted({r["batch_size"] for r in res.get("benchmark", {}).get("results", [])})
     table = Table(title="kd2deploy summary (onnxruntime CPU)")

@@ -18,8 +18,9 @@ for both loops is simpler to reason about. Batch-norm layers normalise with thei
 DDP without SyncBatchNorm does: ``SyncBatchNorm`` raises on CPU in torch 2.13); their running mean / variance
 are averaged across ranks at the end of every epoch (:func:`average_buffers`).
 
-Only rank 0 writes files; the others wait at a barrier after training and exit with 0. When a peer process
-dies, a collective fails with a gloo error: :class:`RankLost` turns it into one clear message.
+Only rank 0 writes files; the others wait at a barrier after training and exit with 0
+(:func:`exit_training_rank`). When a peer process dies, a collective fails with a gloo error: :class:`RankLost`
+turns it into one clear message.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from kd2deploy.errors import StageError
 
@@ -116,7 +117,32 @@ def cleanup() -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        import gc
+
+        gc.collect()  # free the group's last works while the interpreter is fully alive (see exit_training_rank)
     _ctx = DistContext()
+
+
+def exit_training_rank() -> NoReturn:
+    """Ends a training process other than rank 0 once training is over, with exit code 0, skipping Python's
+    interpreter shutdown.
+
+    Rank 0 writes every file, so this process has nothing left to save. Letting the interpreter shut down right
+    after the last collective races gloo's worker threads, which may still be releasing that collective's
+    tensors: a C++ thread that needs the GIL during shutdown is ended with ``pthread_exit`` and the C++ runtime
+    aborts the process ("terminate called without an active exception", SIGABRT; seen once in CI right after the
+    post-training barrier; pytorch/pytorch#179291). torchrun then reports the rank as failed and stops rank 0
+    in the middle of its export. Flushing and ``os._exit(0)`` leaves no shutdown to race.
+    """
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(0)
 
 
 def context() -> DistContext:

@@ -115,3 +115,14 @@ def test_collectives_on_a_real_two_process_gloo_group(tmp_path):
         assert got["loss"] == 1.0
         assert got["obj"] == {"from": 0}  # broadcast from rank 0
         assert got["gathered"] == [0, 10]
+
+
+def test_a_finished_training_rank_exits_0_with_its_output_flushed():
+    import subprocess
+    import sys
+
+    code = ("import sys; from kd2deploy.distill import dist; print('rank 1 done', end=''); "
+            "sys.stderr.write('no newline'); dist.exit_training_rank(); sys.exit(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr  # os._exit(0): nothing after it runs, no interpreter shutdown to race
+    assert r.stdout == "rank 1 done" and r.stderr == "no newline"
