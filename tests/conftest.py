@@ -11,6 +11,14 @@ os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def cli_env(home, **extra: str) -> dict[str, str]:
+    """A bare environment for running ``python -m kd2deploy`` in a subprocess: wide lines, no user settings.
+
+    PYTHONPATH is the checkout's code, also where another checkout is the installed (editable) one.
+    """
+    return {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(REPO), **extra}
+
 TINY_PIPELINE = """\
 version: 1
 name: tiny

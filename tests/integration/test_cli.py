@@ -9,14 +9,12 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY_PIPELINE
+from tests.conftest import TINY_PIPELINE, cli_env
 
 
 def kd2deploy(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    # PYTHONPATH: the checkout's code, also where another checkout is the installed (editable) one
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(cwd or "."), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "kd2deploy", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env=env)
+                          timeout=300, env=cli_env(cwd or "."))
 
 
 def test_version():

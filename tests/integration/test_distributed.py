@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import cli_env
 
 PIPELINE = """\
 version: 1
@@ -51,10 +51,8 @@ variants:
 
 
 def run(pipeline: Path, out: Path, *extra: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(out.parent), "PYTHONPATH": str(REPO),
-           **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "kd2deploy", "run", str(pipeline), "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=300, env=cli_env(out.parent, **(env_extra or {})))
 
 
 def write(tmp_path: Path, epochs: int) -> Path:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.integration.test_cli import REPO, kd2deploy
+from tests.conftest import cli_env
+from tests.integration.test_cli import kd2deploy
 
 EPOCHS = 60
 PIPELINE = f"""\
@@ -45,9 +46,8 @@ variants:
 
 
 def start(pipeline: Path, out: Path) -> subprocess.Popen:
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(out.parent), "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "kd2deploy", "run", str(pipeline), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(out.parent))
 
 
 def checkpoint_epoch(out: Path) -> int:

@@ -143,9 +143,9 @@ def test_sweep_and_report_refuse_text_runs(tmp_path, text_files):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import cli_env
 
     p = _write(text_files, BASE)
     out = subprocess.run([sys.executable, "-m", "kd2deploy", "sweep", str(p)], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}, timeout=120)
+                         env=cli_env(tmp_path), timeout=120)
     assert out.returncode == 2 and "sweep is not built for task: text" in out.stderr
