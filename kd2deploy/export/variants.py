@@ -222,7 +222,11 @@ def make_variant(src: Path, spec: _Variant, out_dir: Path, calib_x: np.ndarray) 
     tmp = out_dir / f".{dest.stem}.tmp-{os.getpid()}.onnx"
     try:
         with tempfile.TemporaryDirectory(prefix="kd2deploy-variant-") as work, _quiet():
-            info = MAKERS.get(spec.kind)(src, spec, tmp, Path(work), np.asarray(calib_x, dtype=np.float32))
+            # in the work folder: onnxruntime's symbolic shape inference, when it gives up (transformer graphs),
+            # drops sym_shape_infer_temp.onnx and a large external-data file into the current folder
+            with contextlib.chdir(work):
+                info = MAKERS.get(spec.kind)(src.resolve(), spec, tmp.resolve(), Path(work),
+                                             np.asarray(calib_x, dtype=np.float32))
             model = onnx.load(str(tmp))
             onnx.checker.check_model(model)
             meta = {
@@ -390,10 +394,12 @@ def _int8_dynamic(
 ) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    info: dict[str, Any] = {}
     try:
         pre = _preprocess(src, work)
-    except Exception:  # noqa: BLE001 - e.g. symbolic shape inference on a transformer graph: quantise as is
+    except Exception as e:  # noqa: BLE001 - e.g. symbolic shape inference on a transformer graph: quantise as is
         pre = src
+        info["preprocessing"] = f"skipped ({type(e).__name__}: {str(e).strip()[:120]})"
     weight_type = QuantType.QInt8 if spec.weight_type == "qint8" else QuantType.QUInt8
     # Written inside the temporary work folder (the quantiser leaves helper files beside its output), then
     # moved to ``tmp``: a transformer graph's helper files never land in the run folder.
@@ -406,7 +412,7 @@ def _int8_dynamic(
         weight_type=weight_type,
     )
     os.replace(out, tmp)
-    return {}
+    return info
 
 
 @MAKERS.register("transformer-fusion")
