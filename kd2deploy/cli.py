@@ -49,10 +49,13 @@ def _launched() -> bool:
     """A rank started by ``kd2deploy run --nproc`` (which reports a lost rank itself)."""
     import os
 
-    return os.environ.get("KD2DEPLOY_LAUNCHED") == "1" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    from kd2deploy.launch import LAUNCHED_ENV
+
+    return os.environ.get(LAUNCHED_ENV) == "1" and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _rank() -> int:
+    """This process's rank in a torchrun job (0 when not launched by torchrun)."""
     import os
 
     return int(os.environ.get("RANK", "0"))
@@ -177,7 +180,7 @@ def run(
     cfg = load_config(pipeline, set_)
     signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops like Ctrl-C: partial results, kept checkpoints
     result = run_pipeline(cfg, out, source=pipeline, force=forced)
-    if "headline" not in result.results:  # a training rank other than 0: rank 0 finishes the run and reports
+    if _rank() != 0:  # a training process of a torchrun job: rank 0 finishes the run and reports
         from kd2deploy.distill.dist import exit_training_rank
 
         exit_training_rank()
