@@ -224,9 +224,9 @@ def make_variant(src: Path, spec: _Variant, out_dir: Path, calib_x: np.ndarray) 
         with tempfile.TemporaryDirectory(prefix="kd2deploy-variant-") as work, _quiet():
             # in the work folder: onnxruntime's symbolic shape inference, when it gives up (transformer graphs),
             # drops sym_shape_infer_temp.onnx and a large external-data file into the current folder
+            src_abs, tmp_abs = src.resolve(), tmp.resolve()  # before the chdir: relative paths name the caller's
             with contextlib.chdir(work):
-                info = MAKERS.get(spec.kind)(src.resolve(), spec, tmp.resolve(), Path(work),
-                                             np.asarray(calib_x, dtype=np.float32))
+                info = MAKERS.get(spec.kind)(src_abs, spec, tmp_abs, Path(work), np.asarray(calib_x, dtype=np.float32))
             model = onnx.load(str(tmp))
             onnx.checker.check_model(model)
             meta = {

@@ -261,6 +261,18 @@ def test_a_rerun_replaces_the_file_and_its_metadata_once(exported, digits, tmp_p
     assert keys.count(METADATA_KEY) == 1
 
 
+@pytest.mark.parametrize("spec", [Int8StaticSpec(calibration_samples=64), Int8DynamicSpec()], ids=lambda s: s.kind)
+def test_relative_paths_work_and_nothing_lands_in_the_current_folder(spec, exported, digits, tmp_path, monkeypatch):
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    shutil.copyfile(exported["mlp-tiny"], tmp_path / "models" / "student.onnx")
+    monkeypatch.chdir(tmp_path)  # the makers run inside a work folder: relative paths must still name these files
+    path = make_variant(Path("models/student.onnx"), spec, Path("variants"), digits.x_train)
+    assert (tmp_path / path).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "variants"]
+
+
 def test_failures_name_the_variant_and_leave_nothing(digits, tmp_path):
     bad = tmp_path / "not-a-model.onnx"
     bad.write_bytes(b"this is not protobuf")
