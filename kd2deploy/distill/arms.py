@@ -33,6 +33,8 @@ class Arm:
         label_smoothing: for hard-label arms.
         terms: a weighted sum of terms (hint terms included) instead of ``loss``; ``loss`` then names the
             first logit term (it marks the arm as one that needs the teacher).
+        options: the loss's own settings as ``((name, value), ...)`` (``losses.loss_options``), e.g.
+            ``(("nontarget_weight", 8.0),)`` for ``dkd``.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Arm:
     alpha: float = 0.0
     label_smoothing: float = 0.0
     terms: tuple[Term, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def key(self) -> str:
@@ -113,7 +116,8 @@ def train_arms(
             else:
                 cached = teacher_logits
         elif arm.loss:
-            loss_fn = partial(LOSSES.get(arm.loss), temperature=arm.temperature, alpha=arm.alpha)
+            loss_fn = partial(LOSSES.get(arm.loss), temperature=arm.temperature, alpha=arm.alpha,
+                              **dict(arm.options))
             if live:
                 if teacher is None:
                     raise ValueError("per-step perturbations need the teacher module")

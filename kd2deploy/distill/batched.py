@@ -39,6 +39,7 @@ from kd2deploy.distill.losses import (
     hard_ce,
     hinton_loss,
     mse_logits_loss,
+    standardize,
     teacher_log_probs,
     teacher_mean_logits,
 )
@@ -254,18 +255,22 @@ def _stack(models) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
 def _arm_loss(arm: Arm) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss ``fit`` uses for this arm, as ``fn(student_logits, teacher_logits, y)``."""
     if arm.loss:
-        return partial(LOSSES.get(arm.loss), temperature=arm.temperature, alpha=arm.alpha)
+        return partial(LOSSES.get(arm.loss), temperature=arm.temperature, alpha=arm.alpha, **dict(arm.options))
     return lambda logits, _tl, y, ls=arm.label_smoothing: hard_ce(logits, y, ls)
 
 
-def _hinton_stacked(logits, teacher_logits, y, *, temperature: float, alpha: float):
+def _hinton_stacked(logits, teacher_logits, y, *, temperature: float, alpha: float, label_smoothing: float = 0.0,
+                    standardize_logits: bool = False):
     """``losses.hinton_loss`` per model of stacked ``(models, batch, classes)`` logits."""
     t = temperature
-    kl = F.kl_div(F.log_softmax(logits / t, dim=-1), teacher_log_probs(teacher_logits, logits.dim(), t),
+    s_z, t_z = logits, teacher_logits
+    if standardize_logits:
+        s_z, t_z = standardize(logits), standardize(teacher_logits)
+    kl = F.kl_div(F.log_softmax(s_z / t, dim=-1), teacher_log_probs(t_z, logits.dim(), t),
                   reduction="none", log_target=True)
     loss = alpha * t * t * kl.sum(-1).mean(-1)
     if alpha < 1:
-        loss = loss + (1 - alpha) * _cross_entropy_stacked(logits, y)
+        loss = loss + (1 - alpha) * _cross_entropy_stacked(logits, y, label_smoothing)
     return loss
 
 
@@ -290,12 +295,15 @@ def _stacked_loss(arm: Arm):
     if not arm.loss:
         return lambda logits, _tl, y: _cross_entropy_stacked(logits, y, arm.label_smoothing)
     fn = LOSSES.get(arm.loss)
+    options = dict(arm.options)
     builtin = {"hinton": hinton_loss, "mse-logits": mse_logits_loss}.get(arm.loss)
     if fn is builtin:
-        return partial(_STACKED_LOSSES[arm.loss], temperature=arm.temperature, alpha=arm.alpha)
+        return partial(_STACKED_LOSSES[arm.loss], temperature=arm.temperature, alpha=arm.alpha, **options)
+    if getattr(fn, "stacked", False):  # written for (models, batch, classes) logits already
+        return partial(fn, temperature=arm.temperature, alpha=arm.alpha, **options)
     from torch.func import vmap
 
-    batched = vmap(partial(fn, temperature=arm.temperature, alpha=arm.alpha))
+    batched = vmap(partial(fn, temperature=arm.temperature, alpha=arm.alpha, **options))
 
     def loss(logits, teacher_logits, y):
         with warnings.catch_warnings():  # vmap's "no batching rule, slower fallback" notes
@@ -309,7 +317,7 @@ def _loss_fn(arms: list[Arm]):
     """Per-arm losses of stacked logits ``(models, batch, classes)``, one call per distinct loss."""
     groups: dict[tuple, list[int]] = {}
     for i, arm in enumerate(arms):
-        key = (arm.loss, arm.temperature, arm.alpha) if arm.loss else (None, arm.label_smoothing)
+        key = (arm.loss, arm.temperature, arm.alpha, arm.options) if arm.loss else (None, arm.label_smoothing)
         groups.setdefault(key, []).append(i)
     plan = [(torch.tensor(idx), _stacked_loss(arms[idx[0]])) for idx in groups.values()]
     order = torch.cat([idx for idx, _ in plan]).argsort()
