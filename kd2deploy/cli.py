@@ -290,19 +290,40 @@ def compare(
         step(f"wrote {write_compare(run_a, run_b, out)}")
 
 
+def parse_budget(text: str) -> float:
+    """``'20m'`` -> 1200.0; also ``90s``, ``1h``, ``1.5m`` or plain seconds."""
+    import re
+
+    from kd2deploy.errors import ConfigError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"--budget {text!r}: expected a positive duration like 90s, 20m or 1h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
 @app.command()
 @handle_errors
 def sweep(
     pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    budget: Annotated[str | None, typer.Option("--budget", help="Time per arm family (KD and each control), e.g. "
+                                               "20m; counted over reruns (default: distill.search.budget_s).")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Finished trials per arm family.")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="tpe or grid (default: distill.search.sampler)."
+                                                )] = None,
+    method: Annotated[str | None, typer.Option("--method", help="Comma-separated losses, e.g. hinton,dkd.")] = None,
     temperature: Annotated[str | None, typer.Option("--temperature", "-T", help="Comma-separated, e.g. 1,2,4 "
-                                                    "(default: the pipeline's).")] = None,
-    alpha: Annotated[str | None, typer.Option("--alpha", "-a", help="Comma-separated, e.g. 0.5,0.9 "
-                                              "(default: the pipeline's).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Holds runs/<name>-sweep/<timestamp>/.")] = Path("runs"),
+                                                    "(default: distill.search.temperatures, else the pipeline's).")
+                           ] = None,
+    alpha: Annotated[str | None, typer.Option("--alpha", "-a", help="Comma-separated, e.g. 0.5,0.9.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Holds runs/<name>-sweep/ (study.db, sweep.json, best.yaml)."
+                                      )] = Path("runs"),
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value: key.path=value.")] = None,
 ) -> None:
-    """Train a (temperature x alpha) grid of KD students with the pipeline's controls; pick on validation."""
+    """Search the distillation settings (and the controls' own) on validation with an Optuna study; Ctrl-C and
+    the same command again continue it."""
     from kd2deploy.config import load_config
+    from kd2deploy.distill.study import SAMPLERS
     from kd2deploy.distill.sweep import format_sweep, sweep_pipeline
     from kd2deploy.errors import ConfigError
 
@@ -315,10 +336,32 @@ def sweep(
     cfg = load_config(pipeline, set_)
     if cfg.task == "text":
         raise ConfigError(f"{pipeline}: kd2deploy sweep is not built for task: text; allowed: task tensor")
-    temperatures = floats(temperature, "--temperature") if temperature else [cfg.distill.temperature]
-    alphas = floats(alpha, "--alpha") if alpha else [cfg.distill.alpha]
-    result = sweep_pipeline(cfg, temperatures, alphas, out)
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
+    overrides: dict[str, list] = {}
+    if temperature:
+        overrides["temperatures"] = floats(temperature, "--temperature")
+    if alpha:
+        overrides["alphas"] = floats(alpha, "--alpha")
+    if method:
+        from kd2deploy.distill.losses import LOSSES
+
+        overrides["methods"] = [LOSSES.check(m.strip()) if m.strip() in LOSSES else _bad_method(m.strip(), LOSSES)
+                                for m in method.split(",") if m.strip()]
+    try:
+        result = sweep_pipeline(cfg, pipeline, out, budget_s=parse_budget(budget) if budget else None,
+                                n_trials=trials, sampler=sampler, overrides=overrides)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: finished trials are kept in {out}/{cfg.name}-sweep/study.db; run the same "
+                   "command again to continue the study", err=True)
+        raise typer.Exit(130) from None
     typer.echo(format_sweep(result))
+
+
+def _bad_method(name: str, registry) -> str:
+    from kd2deploy.errors import ConfigError
+
+    raise ConfigError(f"--method {name!r}: {registry.unknown(name)}")
 
 
 def entry() -> None:  # pragma: no cover - console script shim

@@ -231,6 +231,66 @@ class TeacherStoreConfig(Strict):
         None, description="store only the k largest logits per sample (null: full logits, exact)")
 
 
+class MungeConfig(Strict):
+    """A synthetic transfer set labelled by the teacher (Bucilua et al. 2006, MUNGE; kd2deploy/distill/synthetic.py).
+
+    The synthetic samples carry no hard label, so only the KD student learns from them; the controls train on the
+    real samples for the same number of steps.
+    """
+
+    passes: Annotated[int, Field(ge=0, le=10)] = Field(0, description="synthetic samples per real one (0 = off)")
+    p: Fraction = Field(0.5, description="probability that an attribute moves towards the nearest neighbour")
+    s: PositiveFloat = Field(2.0, description="spread divisor: sd = |x_a - x'_a| / s")
+
+
+class ControlTrain(Strict):
+    """A control's own epochs and learning rate (e.g. chosen by its own search); unset: distill.train's."""
+
+    epochs: PositiveInt | None = None
+    lr: PositiveFloat | None = None
+
+
+class SearchConfig(Strict):
+    """Search of the distillation settings on the validation split (kd2deploy/distill/study.py, Optuna).
+
+    Each list holds the candidates of one setting; empty = the pipeline's own value (not searched). The
+    controls get the same budget for their own settings (label-smoothing strength, epochs, learning rate).
+    """
+
+    enabled: bool = Field(False, description="search before training the students of the run")
+    budget_s: PositiveFloat | None = Field(120.0, description="seconds per arm family (kd and each control)")
+    trials: PositiveInt | None = Field(None, description="finished trials per arm family (with or instead of budget_s)")
+    sampler: Literal["tpe", "grid"] = "tpe"
+    seeds: Annotated[list[int], Field(min_length=1)] | None = Field(
+        None, description="seeds of each trial (default: distill.seeds)")
+    methods: list[str] = Field(default_factory=list, description="distillation losses, e.g. [hinton, dkd]")
+    temperatures: list[PositiveFloat] = Field(default_factory=list)
+    alphas: list[Fraction] = Field(default_factory=list)
+    nontarget_weights: list[Annotated[float, Field(ge=0)]] = Field(default_factory=list, description="dkd")
+    standardize_logits: list[bool] = Field(default_factory=list)
+    hard_label_smoothing: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=list)
+    munge_passes: list[Annotated[int, Field(ge=0, le=10)]] = Field(default_factory=list)
+    calibrate_teacher: list[bool] = Field(default_factory=list)
+    epochs: list[PositiveInt] = Field(default_factory=list)
+    lrs: list[PositiveFloat] = Field(default_factory=list)
+    control_label_smoothing: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=list)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        from kd2deploy.distill.losses import LOSSES
+
+        for name in v:
+            LOSSES.check(name)
+        return v
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> SearchConfig:
+        if self.budget_s is None and self.trials is None:
+            raise ValueError("search needs budget_s or trials")
+        return self
+
+
 class DistillConfig(Strict):
     """Hinton distillation of the student, and the controls it is compared with."""
 
@@ -253,6 +313,15 @@ class DistillConfig(Strict):
     teacher_labels: Literal["all", "labelled"] = Field(
         "all", description="what the teacher trains on with labelled_fraction < 1: every label, or the kept ones"
     )
+    options: dict[str, float | bool] = Field(
+        default_factory=dict, description="the loss's own settings, e.g. {nontarget_weight: 8} for dkd, "
+        "{label_smoothing: 0.1, standardize_logits: true} for hinton (see distill/losses.py)")
+    munge: MungeConfig = Field(default_factory=MungeConfig)
+    calibrate_teacher: bool = Field(
+        False, description="divide the teacher's logits by the temperature that calibrates it on validation")
+    control_train: dict[Literal["scratch", "label_smoothing"], ControlTrain] = Field(
+        default_factory=dict, description="a control's own epochs / lr (default: distill.train)")
+    search: SearchConfig = Field(default_factory=SearchConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     teacher_store: TeacherStoreConfig = Field(default_factory=TeacherStoreConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=120, lr=1e-2))
@@ -270,6 +339,16 @@ class DistillConfig(Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _loss_options(self) -> DistillConfig:
+        from kd2deploy.distill.losses import check_options
+
+        try:
+            check_options(self.loss, self.options)
+        except ValueError as e:
+            raise ValueError(f"options: {e}") from None
+        return self
 
     @model_validator(mode="after")
     def _few_labels(self) -> DistillConfig:

@@ -1,15 +1,14 @@
-"""A grid over the distillation temperature and alpha, judged on the VALIDATION split only.
+"""``kd2deploy sweep``: the distillation settings searched on the VALIDATION split by an Optuna study.
 
-``kd2deploy sweep PIPELINE --temperature 1,2,4 --alpha 0.5,0.9`` runs the pipeline's data and teacher stages
-(ensembles, few labels and transfer options included), then trains, per seed, the controls and one KD student
-per (T, alpha) — all arms of one seed from the same initial weights, on the same batches — and picks the
-setting whose KD students have the best mean validation accuracy (ties: lower mean validation loss). Test
-accuracy is printed next to it for the record, never used to choose.
+``kd2deploy sweep PIPELINE --budget 20m`` (or ``--trials N``) runs the pipeline's data and teacher stages, then
+one study per arm family (KD and each control, the same budget each; see ``distill/study.py``) into
+``<out>/<name>-sweep/study.db``. Stopped (Ctrl-C) and run again, it continues the same studies. It writes
+``sweep.json`` (every trial: settings, validation accuracy, curve, state), ``best.yaml`` (the pipeline with the
+best settings) and plots of the studies. The test split is never read.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from contextlib import nullcontext
@@ -53,96 +52,135 @@ def arm_name(temperature: float, alpha: float) -> str:
     return f"kd T={temperature:g} a={alpha:g}"
 
 
-def sweep_pipeline(cfg, temperatures: list[float], alphas: list[float], out: Path = Path("runs"),
+def sweep_pipeline(cfg, source: Path, out: Path = Path("runs"), *, budget_s: float | None = None,
+                   n_trials: int | None = None, sampler: str | None = None, overrides: dict[str, list] | None = None,
                    progress=None) -> dict[str, Any]:
-    """Trains the grid for ``cfg`` and returns the table and the validation-chosen setting.
+    """Runs (or continues) the study of ``cfg`` in ``out/<name>-sweep/``; returns the summary (``sweep.json``).
 
-    Writes ``sweep.json`` and the teacher checkpoint(s) into ``out/<name>-sweep/<timestamp>/``.
+    Args:
+        source: the pipeline file (``best.yaml`` is it with the chosen settings).
+        budget_s, n_trials: per arm family; default: ``distill.search``'s.
+        sampler: "tpe" or "grid"; default ``distill.search.sampler``.
+        overrides: candidate lists that replace the pipeline's search lists (e.g. ``{"temperatures": [2, 4]}``).
     """
+    import torch
+
     from kd2deploy import ui
-    from kd2deploy.distill.arms import Arm
-    from kd2deploy.distill.batched import train_arms_batched
-    from kd2deploy.distill.teacher import teacher_logits_of
-    from kd2deploy.distill.transfer import Perturb
+    from kd2deploy.distill import study
     from kd2deploy.energy.meter import EnergyMeter
     from kd2deploy.pipeline import Run, _build, _labelled, _masked_labels, _wrap, stage_data, stage_teacher
-    from kd2deploy.rundir import new_run_dir, write_json
+    from kd2deploy.rundir import write_json
 
     d = cfg.distill
     if d.terms:
-        raise ConfigError("sweep: distill.terms is set; the sweep varies distill.temperature and distill.alpha of "
-                          "the single-term loss (remove terms, or sweep with --set)")
-    bad = [t for t in temperatures if not t > 0] + [a for a in alphas if not 0 <= a <= 1]
-    if bad or not temperatures or not alphas:
-        raise ConfigError(f"sweep: temperatures must be > 0 and alphas in [0, 1]; got {temperatures}, {alphas}")
-    run_dir = new_run_dir(Path(out), f"{cfg.name}-sweep")
+        raise ConfigError("sweep: distill.terms is set; the sweep searches the single-term loss (remove terms)")
+    if d.transfer.shift_px or d.transfer.mixup_alpha:
+        raise ConfigError("sweep: distill.transfer shifts / mixup are on; the sweep trains without them "
+                          "(set distill.transfer.shift_px: 0 and mixup_alpha: 0)")
+    search_cfg = d.search.model_copy(update=overrides or {})
+    d = d.model_copy(update={"search": search_cfg})
+    run_dir = Path(out) / f"{cfg.name}-sweep"
+    run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg=cfg, dir=run_dir)
     run.meter = EnergyMeter(run_dir / "energy", enabled=False)
+    budget = search_cfg.budget_s if budget_s is None and n_trials is None else budget_s
+    trials = search_cfg.trials if budget_s is None and n_trials is None else n_trials
     own_progress = progress is None
     progress = progress or ui.progress()
     with progress if own_progress else nullcontext():
         stage_data(run)
         stage_teacher(run, progress)
-        x_tr, _, x_va, y_va, x_te, y_te = run.tensors
-        perturb = Perturb(d.transfer.shift_px, d.transfer.mixup_alpha)
+        x_tr, _, x_va, y_va, _x_te, _y_te = run.tensors  # the test split stays unread
         labelled = _labelled(run)
-        arms = []
-        for seed in d.seeds:
-            if "scratch" in d.controls:
-                arms.append(Arm("scratch", seed))
-            if "label_smoothing" in d.controls:
-                arms.append(Arm("label_smoothing", seed, label_smoothing=d.control_label_smoothing))
-            for t, a in itertools.product(temperatures, alphas):
-                arms.append(Arm(arm_name(t, a), seed, loss=d.loss, temperature=t, alpha=a))
-        task = progress.add_task(f"sweep: {len(arms)} students", total=len(arms) * d.train.epochs, info="")
-        trained = train_arms_batched(
-            lambda: _wrap(_build(run, "student"), run), arms, (x_tr, _masked_labels(run, labelled), x_va, y_va),
-            None if perturb.active else teacher_logits_of(run.teacher, x_tr), d.train,
-            on_epoch=lambda arm, e, m: progress.update(task, advance=1), labelled=labelled, teacher=run.teacher,
-            perturb=perturb)
-    per_arm = evaluate_arms(arms, trained, (x_va, y_va), (x_te, y_te))
+        problem = study.Problem(
+            build=lambda: _wrap(_build(run, "student"), run), x_train=x_tr, y_train=_masked_labels(run, labelled),
+            x_val=x_va, y_val=y_va, teacher=run.teacher, train=d.train, seeds=search_cfg.seeds or d.seeds,
+            labelled=labelled, munge_seed=cfg.seed)
+        space = study.default_space(d)
+        task = progress.add_task("sweep", total=None, info="")
+
+        def on_trial(family, rec):
+            progress.update(task, info=f"{family} #{rec['number']}: val {rec['val_acc']:.2%}")
+
+        torch.manual_seed(cfg.seed)
+        prefix = f"{cfg.name}-{_space_key(cfg)}"
+        interrupted = False
+        try:
+            study.search(problem, space, run_dir / "study.db", budget_s=budget, n_trials=trials,
+                         sampler=sampler or search_cfg.sampler, seed=cfg.seed, study_prefix=prefix,
+                         on_trial=on_trial)
+        except KeyboardInterrupt:
+            interrupted = True
+    result = study.summarise(run_dir / "study.db", prefix)
     teacher = run.results["models"]["teacher"]
-    kd_names = [arm_name(t, a) for t, a in itertools.product(temperatures, alphas)]
-    best = max(kd_names, key=lambda n: rank(per_arm[n]))
-    result: dict[str, Any] = {
-        "pipeline": cfg.name, "dir": str(run_dir), "seeds": d.seeds, "loss": d.loss,
-        "temperatures": temperatures, "alphas": alphas,
-        "teacher": {"arch": teacher["arch"], "val_accuracy": teacher["val_accuracy_torch"],
-                    "test_accuracy": teacher["test_accuracy_torch"]},
-        "arms": per_arm, "best": best,
-        "best_setting": dict(zip(("temperature", "alpha"),
-                                 next((t, a) for t, a in itertools.product(temperatures, alphas)
-                                      if arm_name(t, a) == best), strict=True)),
-        "selection": "highest mean validation accuracy over seeds (ties: lower mean validation loss)",
-    }
-    if "scratch" in per_arm:
-        kd, sc = per_arm[best]["test"], per_arm["scratch"]["test"]
-        spread = max(statistics.stdev(kd), statistics.stdev(sc)) if len(kd) > 1 else 0.0
-        gap = teacher["test_accuracy_torch"] - mean(sc)
-        result["best_vs_scratch"] = {
-            "diff_pp": 100 * (mean(kd) - mean(sc)), "spread_pp": 100 * spread,
-            "beats": mean(kd) - mean(sc) > spread,
-            "gap_closed": (mean(kd) - mean(sc)) / gap if gap > 1e-9 else None,
-        }
+    result.update({
+        "pipeline": cfg.name, "dir": str(run_dir), "seeds": problem.seeds, "interrupted": interrupted,
+        "sampler": sampler or search_cfg.sampler, "budget_s_per_family": budget, "trials_per_family": trials,
+        "teacher": {"arch": teacher["arch"], "val_accuracy": teacher["val_accuracy_torch"]},
+        "test_split": "never read by the sweep",
+    })
+    result["best_overrides"] = study.best_overrides(result)
+    result["plots"] = study.plot_study(run_dir / "study.db", prefix, run_dir / "plots")
+    if result["best_overrides"]:
+        result["best_pipeline"] = str(write_best_pipeline(source, result["best_overrides"], run_dir / "best.yaml"))
     write_json(run_dir / "sweep.json", result)
+    if interrupted:
+        raise KeyboardInterrupt
     return result
 
 
+def _space_key(cfg) -> str:
+    """A short hash of what a trial's result depends on besides its settings (data, teacher, student, seeds):
+    a changed pipeline starts a new study instead of mixing results."""
+    import hashlib
+    import json
+
+    r = cfg.resolved()
+    keep = {k: r[k] for k in ("seed", "data", "teacher", "student")}
+    keep["distill"] = {k: r["distill"][k] for k in ("seeds", "labelled_fraction", "teacher_labels", "controls")}
+    keep["train"] = {k: v for k, v in r["distill"]["train"].items() if k not in ("epochs", "lr")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def write_best_pipeline(source: Path, distill: dict[str, Any], dest: Path) -> Path:
+    """``source`` with the ``distill`` changes applied (comments are not kept), validated before it is written."""
+    import yaml
+
+    from kd2deploy.config import load_config
+
+    data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+    section = data.setdefault("distill", {})
+    for key, value in distill.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            section[key] = {**section[key], **value}
+        else:
+            section[key] = value
+    base = Path(source).resolve().parent
+    for sec in ("data", "teacher"):  # relative paths stay valid from the new folder
+        for key in ("path", "checkpoint"):
+            v = (data.get(sec) or {}).get(key)
+            if isinstance(v, str) and not Path(v).is_absolute():
+                data[sec][key] = str(base / v)
+    text = "# written by kd2deploy sweep: the settings chosen on the validation split\n" + yaml.safe_dump(
+        data, sort_keys=False)
+    dest.write_text(text, encoding="utf-8")
+    load_config(dest)
+    return dest
+
+
 def format_sweep(result: dict[str, Any]) -> str:
-    """The sweep as a text table (accuracy in %, mean ± sd over seeds), then the validation-only choice."""
+    """Each family's trials in brief and its best setting (validation accuracy, mean over seeds)."""
     t = result["teacher"]
-    lines = [f"teacher {t['arch']}: val {100 * t['val_accuracy']:.2f} %, test {100 * t['test_accuracy']:.2f} %",
-             f"{'arm':<22} {'val':>14} {'test':>14}", "-" * 52]
-    for name, acc in result["arms"].items():
-        mark = " <- best on validation" if name == result["best"] else ""
-        lines.append(f"{name:<22} {mean_sd_text(acc['val']):>14} {mean_sd_text(acc['test']):>14}{mark}")
-    s = result["best_setting"]
-    lines.append(f"chosen on validation: T={s['temperature']:g}, alpha={s['alpha']:g} ({result['selection']})")
-    b = result.get("best_vs_scratch")
-    if b:
-        gap = "n/a" if b["gap_closed"] is None else f"{100 * b['gap_closed']:.0f} %"
-        lines.append(f"its test accuracy vs scratch: {b['diff_pp']:+.2f} pp (larger seed sd {b['spread_pp']:.2f} pp: "
-                     f"{'MORE' if b['beats'] else 'not more'} than the spread); gap closed {gap}")
+    lines = [f"teacher {t['arch']}: val {100 * t['val_accuracy']:.2f} %"]
+    for family, fam in result["families"].items():
+        lines.append(f"{family}: {len(fam['trials'])} trials ({fam['n_complete']} complete, {fam['n_pruned']} "
+                     f"pruned), {fam['spent_s']:.0f} s")
+        b = fam["best"]
+        if b:
+            lines.append(f"  best on validation: {100 * b['val_accuracy']:.2f} % (trial {b['number']}): "
+                         + ", ".join(f"{k}={v}" for k, v in b["params"].items()))
+    lines.append(f"chosen on validation: {result['selection']}")
+    if result.get("best_pipeline"):
+        lines.append(f"wrote {result['best_pipeline']}")
     lines.append(f"wrote {result['dir']}/sweep.json")
     return "\n".join(lines)
-
