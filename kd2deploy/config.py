@@ -322,6 +322,9 @@ class DistillConfig(Strict):
     control_train: dict[Literal["scratch", "label_smoothing"], ControlTrain] = Field(
         default_factory=dict, description="a control's own epochs / lr (default: distill.train)")
     search: SearchConfig = Field(default_factory=SearchConfig)
+    label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=list, description="a label-efficiency study: KD and the controls at each fraction of the "
+        "labels, the teacher trained on that fraction only (kd2deploy/distill/label_efficiency.py)")
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     teacher_store: TeacherStoreConfig = Field(default_factory=TeacherStoreConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=120, lr=1e-2))
