@@ -67,8 +67,11 @@ def test_sweep_stopped_with_ctrl_c_continues_the_same_study(write_pipeline, tmp_
     db = tmp_path / "runs" / "tiny-sweep" / "study.db"
     args = [sys.executable, "-m", "kd2deploy", "sweep", str(p), "--budget", "5m", "--trials", "3",
             "--out", str(tmp_path / "runs")]
+    # SIGINT back to its default in the child: a shell that starts pytest in the background ignores it, and a
+    # Python started with SIGINT ignored never raises KeyboardInterrupt
     proc = subprocess.Popen(args, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def complete() -> int:
         if not db.is_file():
