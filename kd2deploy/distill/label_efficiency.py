@@ -29,8 +29,9 @@ def label_efficiency(cfg, run_dir: Path, fractions: list[float] | None = None, p
     from kd2deploy.distill.teacher import teacher_logits_of
     from kd2deploy.distill.train import evaluate
     from kd2deploy.energy.meter import EnergyMeter
-    from kd2deploy.pipeline import Run, _build, _labelled, _masked_labels, _wrap, stage_data, stage_teacher
+    from kd2deploy.engine.state import RunState
     from kd2deploy.rundir import write_json
+    from kd2deploy.tasks.tensor.adapter import TensorTask
 
     fractions = sorted(fractions or cfg.distill.label_fractions)
     own = progress is None
@@ -39,23 +40,25 @@ def label_efficiency(cfg, run_dir: Path, fractions: list[float] | None = None, p
     with progress if own else nullcontext():
         for f in fractions:
             d = cfg.distill.model_copy(update={"labelled_fraction": f, "teacher_labels": "labelled"})
-            run = Run(cfg=cfg.model_copy(update={"distill": d}), dir=run_dir / f"labels_{f:g}")
-            run.meter = EnergyMeter(run.dir / "energy", enabled=False)
-            stage_data(run)
-            stage_teacher(run, progress)
-            x_tr, _, x_va, y_va, x_te, y_te = run.tensors
-            labelled = _labelled(run)
+            cfg_f = cfg.model_copy(update={"distill": d})
+            task = TensorTask(cfg_f)
+            run = RunState(cfg=cfg_f, task=task, dir=run_dir / f"labels_{f:g}",
+                           meter=EnergyMeter(run_dir / f"labels_{f:g}" / "energy", enabled=False))
+            run.results["data"] = task.load_data(run)
+            task.train_teacher(run, progress)
+            x_tr, _, x_va, y_va, x_te, y_te = task.tensors
+            labelled = task.labelled()
             arms = [Arm("kd", s, loss=d.loss, temperature=d.temperature, alpha=d.alpha,
                         options=tuple(d.options.items())) for s in d.seeds]
             arms += [Arm("scratch", s) for s in d.seeds if "scratch" in d.controls]
             arms += [Arm("label_smoothing", s, label_smoothing=d.control_label_smoothing) for s in d.seeds
                      if "label_smoothing" in d.controls]
-            task = progress.add_task(f"{f:.0%} labels: {len(arms)} students", total=len(arms) * d.train.epochs,
+            ptask = progress.add_task(f"{f:.0%} labels: {len(arms)} students", total=len(arms) * d.train.epochs,
                                      info="")
             trained = train_arms_batched(
-                lambda run=run: _wrap(_build(run, "student"), run), arms,
-                (x_tr, _masked_labels(run, labelled), x_va, y_va), teacher_logits_of(run.teacher, x_tr), d.train,
-                on_epoch=lambda *_a, task=task: progress.update(task, advance=1), labelled=labelled,
+                task.new_student, arms,
+                (x_tr, task.masked_labels(labelled), x_va, y_va), teacher_logits_of(run.teacher, x_tr), d.train,
+                on_epoch=lambda *_a, ptask=ptask: progress.update(ptask, advance=1), labelled=labelled,
                 teacher=run.teacher)
             per_arm: dict[str, list[float]] = {}
             for arm, (model, _) in zip(arms, trained, strict=True):

@@ -68,8 +68,9 @@ def sweep_pipeline(cfg, source: Path, out: Path = Path("runs"), *, budget_s: flo
     from kd2deploy import ui
     from kd2deploy.distill import study
     from kd2deploy.energy.meter import EnergyMeter
-    from kd2deploy.pipeline import Run, _build, _labelled, _masked_labels, _wrap, stage_data, stage_teacher
+    from kd2deploy.engine.state import RunState
     from kd2deploy.rundir import write_json
+    from kd2deploy.tasks.tensor.adapter import TensorTask
 
     d = cfg.distill
     if d.terms:
@@ -81,26 +82,26 @@ def sweep_pipeline(cfg, source: Path, out: Path = Path("runs"), *, budget_s: flo
     d = d.model_copy(update={"search": search_cfg})
     run_dir = Path(out) / f"{cfg.name}-sweep"
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg=cfg, dir=run_dir)
-    run.meter = EnergyMeter(run_dir / "energy", enabled=False)
+    task = TensorTask(cfg)
+    run = RunState(cfg=cfg, task=task, dir=run_dir, meter=EnergyMeter(run_dir / "energy", enabled=False))
     budget = search_cfg.budget_s if budget_s is None and n_trials is None else budget_s
     trials = search_cfg.trials if budget_s is None and n_trials is None else n_trials
     own_progress = progress is None
     progress = progress or ui.progress()
     with progress if own_progress else nullcontext():
-        stage_data(run)
-        stage_teacher(run, progress)
-        x_tr, _, x_va, y_va, _x_te, _y_te = run.tensors  # the test split stays unread
-        labelled = _labelled(run)
+        run.results["data"] = task.load_data(run)
+        task.train_teacher(run, progress)
+        x_tr, _, x_va, y_va, _x_te, _y_te = task.tensors  # the test split stays unread
+        labelled = task.labelled()
         problem = study.Problem(
-            build=lambda: _wrap(_build(run, "student"), run), x_train=x_tr, y_train=_masked_labels(run, labelled),
+            build=task.new_student, x_train=x_tr, y_train=task.masked_labels(labelled),
             x_val=x_va, y_val=y_va, teacher=run.teacher, train=d.train, seeds=search_cfg.seeds or d.seeds,
             labelled=labelled, munge_seed=cfg.seed)
         space = study.default_space(d)
-        task = progress.add_task("sweep", total=None, info="")
+        ptask = progress.add_task("sweep", total=None, info="")
 
         def on_trial(family, rec):
-            progress.update(task, info=f"{family} #{rec['number']}: val {rec['val_acc']:.2%}")
+            progress.update(ptask, info=f"{family} #{rec['number']}: val {rec['val_acc']:.2%}")
 
         torch.manual_seed(cfg.seed)
         prefix = f"{cfg.name}-{_space_key(cfg)}"
