@@ -53,7 +53,7 @@ def test_ensemble_members_inherit_the_teacher_section(write_pipeline):
     ("distill:\n  terms:\n    - {loss: hint, weight: 0.1, student_layer: features.2}\n",
      "P:3:7 distill.terms.0: a hint term needs student_layer and teacher_layer (module names)"),
     ("distill:\n  terms:\n    - {loss: hintn}\n",
-     "P:3:14 distill.terms.0.loss: unknown loss 'hintn'; valid names: ce, hint, hinton, mse-logits"),
+     "P:3:14 distill.terms.0.loss: unknown loss 'hintn'; valid names: ce, dkd, hint, hinton, mse-logits"),
     ("distill:\n  terms:\n    - {loss: hinton, student_layer: features.2}\n",
      "P:3:7 distill.terms.0: student_layer / teacher_layer belong to hint terms, not 'hinton'"),
     ("distill:\n  transfer: {shift_px: -1}\n",
