@@ -125,6 +125,27 @@ def curves_plot(results: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+def label_efficiency_plot(results: dict[str, Any]) -> str | None:
+    """Test accuracy against the fraction of labels (``distill.label_efficiency``), as an inline PNG."""
+    rec = (results.get("distill") or {}).get("label_efficiency")
+    if not rec or not rec.get("rows"):
+        return None
+    fig, ax = _fig()
+    xs = [100 * r["fraction"] for r in rec["rows"]]
+    ax.plot(xs, [r["teacher_test_accuracy"] for r in rec["rows"]], "--", color=COLORS.get("teacher"), marker="s",
+            label="teacher")
+    for arm in rec["rows"][0]["arms"]:
+        ax.errorbar(xs, [r["arms"][arm]["mean"] for r in rec["rows"]], yerr=[r["arms"][arm]["sd"] for r in rec["rows"]],
+                    marker="o", capsize=3, color=COLORS.get(arm), label=arm)
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g} %" for x in xs])
+    ax.set_xlabel("labelled training samples")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Label efficiency: KD vs controls")
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
 def tradeoff_plot(points: list[dict[str, Any]], x_key: str, x_label: str, title: str) -> str | None:
     """Accuracy vs cost scatter; the Pareto front (lower cost, higher accuracy) is joined by a line."""
     pts = [p for p in points if p.get(x_key) and p.get("accuracy") is not None]

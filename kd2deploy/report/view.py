@@ -231,6 +231,39 @@ def _distill_setup(results: dict[str, Any]) -> list[str]:
             else:
                 parts.append(f"{t['weight']:g} x {t['loss']}(T={t['temperature']:g}, alpha={t['alpha']:g})")
         out.append("KD loss: " + " + ".join(parts) + ".")
+    if d.get("options"):
+        out.append("KD loss options: " + ", ".join(f"{k} = {v}" for k, v in d["options"].items()) + ".")
+    if d.get("teacher_calibration"):
+        out.append(f"Teacher calibrated: its logits divided by T = {d['teacher_calibration']['temperature']:.3f} "
+                   f"({d['teacher_calibration']['fitted_on']}).")
+    if d.get("munge"):
+        m = d["munge"]
+        out.append(f"Transfer set: MUNGE (Bucilua et al. 2006), {m['passes']} synthetic sample(s) per real one "
+                   f"(p = {m['p']:g}, s = {m['s']:g}), {m['n_transfer']} samples labelled by the teacher; controls: "
+                   f"{m['controls']}.")
+    search = d.get("search")
+    if search:
+        parts = []
+        for fam, f in search.get("families", {}).items():
+            best = f.get("best")
+            chosen = "nothing complete" if not best else (f"val {100 * best['val_accuracy']:.2f} % with "
+                                                         + ", ".join(f"{k} = {v}" for k, v in best["params"].items()))
+            parts.append(f"{fam}: {len(f['trials'])} trials ({f['n_pruned']} pruned) in {f['spent_s']:.0f} s, "
+                         f"chose {chosen}")
+        out.append("Settings searched on the validation split (Optuna, same budget per arm family): "
+                   + "; ".join(parts) + f". Selection: {search.get('selection')}.")
+    conv = d.get("convergence")
+    if conv:
+        out.append("Convergence and smoothness (validation curves, mean over seeds): " + "; ".join(conv["sentences"])
+                   + ". Energy to a target: the students stage's training energy shared out by training time.")
+    le = d.get("label_efficiency")
+    if le:
+        rows = []
+        for r in le["rows"]:
+            arms = ", ".join(f"{a} {100 * v['mean']:.2f} %" for a, v in r["arms"].items())
+            rows.append(f"{100 * r['fraction']:g} % labels: teacher {100 * r['teacher_test_accuracy']:.2f} %, {arms}")
+        out.append("Label efficiency (test accuracy, mean over seeds; each teacher saw only its fraction's labels): "
+                   + "; ".join(rows) + ". Plot: label_efficiency/label_efficiency.png.")
     transfer = d.get("transfer") or {}
     if transfer.get("shift_px") or transfer.get("mixup_alpha"):
         out.append(f"Transfer set: random shifts up to {transfer['shift_px']} px, mixup alpha "
@@ -468,6 +501,7 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
                 "latency": plots.latency_plot(bench_plot),
                 "throughput": plots.throughput_plot(bench_plot),
                 "curves": plots.curves_plot(results),
+                "label_efficiency": plots.label_efficiency_plot(results),
                 "energy": plots.energy_plot(energy),
             }.items()
             if v

@@ -62,6 +62,13 @@ class StudentsStage(BaseStage):
             selection="KD seed with the highest validation accuracy",
         )
         record.setdefault("teacher", {})["test_accuracy"] = teacher_acc
+        record["convergence"] = convergence_of(record["per_seed"], energy.as_dict().get("energy_kwh"))
+        fractions = getattr(getattr(state.cfg, "distill", None), "label_fractions", None)
+        if fractions and state.cfg.task == "tensor":
+            from kd2deploy.distill.label_efficiency import label_efficiency
+
+            record["label_efficiency"] = label_efficiency(state.cfg, state.path("label_efficiency"), fractions,
+                                                          progress)
         state.results["distill"] = record
         say_students(record)
         return [student_file(arm.name, arm.seed) for arm in arms]
@@ -74,6 +81,18 @@ class StudentsStage(BaseStage):
 
     def record(self, state) -> dict[str, Any]:
         return state.results["distill"]
+
+
+def convergence_of(per_seed: list[dict[str, Any]], energy_kwh: float | None) -> dict[str, Any] | None:
+    """``distill.convergence`` of the run's curves (None when the curves lack validation accuracy or time)."""
+    from kd2deploy.distill.convergence import convergence, sentences
+
+    curves = [rec[a]["curve"] for rec in per_seed for a in rec if a != "seed"]
+    if not curves or not all(c and "val_acc" in c[0] and "time_s" in c[0] for c in curves):
+        return None
+    out = convergence(per_seed, energy_kwh)
+    out["sentences"] = sentences(out)
+    return out
 
 
 def say_students(record: dict[str, Any], reused: str = "") -> None:

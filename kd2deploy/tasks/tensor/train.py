@@ -187,7 +187,7 @@ def arms_of(d):
     for seed in d.seeds:
         if simple:
             arms.append(Arm("kd", seed, loss=logit[0]["loss"], temperature=logit[0]["temperature"],
-                            alpha=logit[0]["alpha"]))
+                            alpha=logit[0]["alpha"], options=tuple(sorted(d.options.items()))))
         else:
             first = logit[0] if logit else {"loss": "hint", "temperature": 1.0, "alpha": 0.0}
             arms.append(Arm("kd", seed, loss=first["loss"], temperature=first["temperature"], alpha=first["alpha"],
@@ -224,6 +224,8 @@ def teacher_logits(task: TensorTask, state: RunState, perturb) -> tuple[Any, dic
 
 def train_students(task: TensorTask, state: RunState, progress) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """Trains every (arm, seed) student; returns (arms, trained [(model, history)], the task's distill record)."""
+    import torch
+
     from kd2deploy.distill.arms import train_arms
     from kd2deploy.distill.transfer import Perturb
 
@@ -243,16 +245,52 @@ def train_students(task: TensorTask, state: RunState, progress) -> tuple[list[An
     def on_epoch(arm, epoch, m):
         progress.update(tasks[arm.key], completed=epoch, info=f"val acc {m['val_acc']:.3f}")
 
-    trained = guarded(state, lambda: trainer(
-        task.new_student, arms, (x_tr, task.masked_labels(labelled), x_va, y_va),
-        logits, cfg.train, on_epoch=on_epoch, labelled=labelled, teacher=state.teacher,
-        perturb=perturb, resume=state.resumes.get("students")))
+    extra = {}
+    search = None
+    if cfg.search.enabled and not perturb.active and not cfg.terms:
+        search = search_settings(task, state, logits, labelled)
+        cfg = apply_search(cfg, search)
+        arms = arms_of(cfg)
+    y_used, x_used = task.masked_labels(labelled), x_tr
+    if cfg.calibrate_teacher and isinstance(logits, torch.Tensor):
+        from kd2deploy.distill.synthetic import fit_temperature
+        from kd2deploy.distill.teacher import teacher_logits_of
+
+        t_cal = fit_temperature(teacher_logits_of(state.teacher, x_va), y_va)
+        logits = logits / t_cal
+        extra["teacher_calibration"] = {"temperature": t_cal, "fitted_on": "validation NLL (Guo et al. 2017)"}
+    if cfg.munge.passes and isinstance(logits, torch.Tensor):
+        from kd2deploy.distill.synthetic import Munge, with_munge
+
+        how = Munge(cfg.munge.passes, cfg.munge.p, cfg.munge.s)
+        x_used, y_used, full, real = with_munge(x_tr, y_used, logits, state.teacher, how, task.cfg.seed)
+        if calibrated := extra.get("teacher_calibration"):  # the synthetic samples' logits, calibrated alike
+            full = torch.cat([logits, full[len(x_tr):] / calibrated["temperature"]])
+        logits, labelled = full, real if labelled is None else labelled
+        extra["munge"] = {"passes": how.passes, "p": how.p, "s": how.s, "n_transfer": len(x_used),
+                          "controls": "real samples only, same number of steps"}
+    groups = {}  # arms that share a training config train together
+    for arm in arms:
+        groups.setdefault(arm.name if arm.name in cfg.control_train else "", []).append(arm)
+    done = {}
+    for name, group in groups.items():
+        ct = cfg.control_train.get(name)
+        train_cfg = cfg.train if ct is None else cfg.train.model_copy(
+            update={k: v for k, v in (("epochs", ct.epochs), ("lr", ct.lr)) if v is not None})
+        got = guarded(state, lambda group=group, train_cfg=train_cfg: trainer(
+            task.new_student, group, (x_used, y_used, x_va, y_va),
+            logits, train_cfg, on_epoch=on_epoch, labelled=labelled, teacher=state.teacher,
+            perturb=perturb, resume=state.resumes.get("students")))
+        done.update(zip(group, got, strict=True))
+    trained = [done[a] for a in arms]
     n_train = len(y_tr)
     n_lab = n_train if labelled is None else len(labelled)
     teacher_rec = state.results["models"]["teacher"]
     record = {
         "loss": cfg.loss if not cfg.terms else "+".join(t["loss"] for t in kd_terms(cfg)),
-        "temperature": cfg.temperature, "alpha": cfg.alpha, "terms": kd_terms(cfg),
+        "temperature": cfg.temperature, "alpha": cfg.alpha, "terms": kd_terms(cfg), "options": dict(cfg.options),
+        "control_train": {k: v.model_dump() for k, v in cfg.control_train.items()},
+        "control_label_smoothing": cfg.control_label_smoothing, **extra,
         "student_arch": task.cfg.student.arch,
         "teacher": {
             "kind": "ensemble" if task.cfg.teacher.ensemble else "single",
@@ -269,4 +307,47 @@ def train_students(task: TensorTask, state: RunState, progress) -> tuple[list[An
                      ("from the teacher-output store" if store_record.get("key") else "computed once"),
                      "teacher_store": store_record},
     }
+    if search is not None:
+        record["search"] = search
     return arms, trained, record
+
+
+def search_settings(task: TensorTask, state: RunState, logits, labelled) -> dict[str, Any]:
+    """``distill.search``: an Optuna study per arm family on the validation split (``distill/study.py``), stored in
+    the run folder; returns its summary with the settings it chose."""
+    import torch
+
+    from kd2deploy.distill import study
+
+    cfg = task.cfg.distill
+    x_tr, _, x_va, y_va, _, _ = task.tensors
+    problem = study.Problem(build=task.new_student, x_train=x_tr, y_train=task.masked_labels(labelled), x_val=x_va,
+                            y_val=y_va, teacher=state.teacher, train=cfg.train, seeds=cfg.search.seeds or cfg.seeds,
+                            labelled=labelled, munge_seed=task.cfg.seed)
+    if isinstance(logits, torch.Tensor):
+        problem._logits["train"] = logits
+    families = ["kd", *cfg.controls]
+    summary = study.search(problem, study.default_space(cfg), state.path("search", "study.db"), families=families,
+                           budget_s=cfg.search.budget_s, n_trials=cfg.search.trials, sampler=cfg.search.sampler,
+                           seed=task.cfg.seed, study_prefix=task.cfg.name)
+    summary["chosen"] = study.best_overrides(summary)
+    summary["plots"] = study.plot_study(state.path("search", "study.db"), task.cfg.name, state.dir / "search")
+    return summary
+
+
+def apply_search(cfg, search: dict[str, Any]):
+    """``cfg`` (a DistillConfig) with the settings the search chose."""
+    chosen = dict(search["chosen"])
+    update: dict[str, Any] = {}
+    for key in ("loss", "temperature", "alpha", "options", "calibrate_teacher", "control_label_smoothing"):
+        if key in chosen:
+            update[key] = chosen[key]
+    if "munge" in chosen:
+        update["munge"] = cfg.munge.model_copy(update=chosen["munge"])
+    if "train" in chosen:
+        update["train"] = cfg.train.model_copy(update=chosen["train"])
+    if "control_train" in chosen:
+        from kd2deploy.config import ControlTrain
+
+        update["control_train"] = {k: ControlTrain(**v) for k, v in chosen["control_train"].items()}
+    return cfg.model_copy(update=update)
