@@ -247,6 +247,8 @@ def train_students(task: TensorTask, state: RunState, progress) -> tuple[list[An
 
     extra = {}
     search = None
+    if (cfg.search.enabled or cfg.calibrate_teacher or cfg.munge.passes) and hasattr(logits, "dense"):
+        logits = logits.dense()  # the teacher-output store's entry, as one tensor the plug-ins can transform
     if cfg.search.enabled and not perturb.active and not cfg.terms:
         search = search_settings(task, state, logits, labelled)
         cfg = apply_search(cfg, search)
