@@ -17,7 +17,6 @@ storage continues the same studies: finished trials stay, and the budget counts 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -50,6 +49,7 @@ class Problem:
     Attributes:
         labelled: indices of the training samples that keep a label (few labels), or None (all).
         munge_seed: seeds the MUNGE transfer set.
+        train_logits: the teacher's logits on ``x_train`` if already computed (else computed once here).
     """
 
     build: Callable[[], Any]
@@ -62,11 +62,14 @@ class Problem:
     seeds: list[int]
     labelled: torch.Tensor | None = None
     munge_seed: int = 0
+    train_logits: torch.Tensor | None = None  # the teacher's logits on x_train, when the caller has them
     _logits: dict = field(default_factory=dict)
 
     def teacher_logits(self, x: torch.Tensor, key: str) -> torch.Tensor:
         from kd2deploy.distill.teacher import teacher_logits_of
 
+        if key == "train" and self.train_logits is not None:
+            return self.train_logits
         if key not in self._logits:
             self._logits[key] = teacher_logits_of(self.teacher, x)
         return self._logits[key]
@@ -352,9 +355,3 @@ def plot_study(storage: Path, study_prefix: str, folder: Path, families=FAMILIES
             except (ValueError, RuntimeError, ZeroDivisionError) as e:
                 log.info("study plot %s/%s not drawn: %s", family, name, e)
     return written
-
-
-def grid_points(space: dict[str, list]) -> list[dict[str, Any]]:
-    """Every combination of a family's space (for tests and for printing the grid size)."""
-    keys = list(space)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*space.values())]

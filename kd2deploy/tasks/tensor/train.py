@@ -325,9 +325,8 @@ def search_settings(task: TensorTask, state: RunState, logits, labelled) -> dict
     x_tr, _, x_va, y_va, _, _ = task.tensors
     problem = study.Problem(build=task.new_student, x_train=x_tr, y_train=task.masked_labels(labelled), x_val=x_va,
                             y_val=y_va, teacher=state.teacher, train=cfg.train, seeds=cfg.search.seeds or cfg.seeds,
-                            labelled=labelled, munge_seed=task.cfg.seed)
-    if isinstance(logits, torch.Tensor):
-        problem._logits["train"] = logits
+                            labelled=labelled, munge_seed=task.cfg.seed,
+                            train_logits=logits if isinstance(logits, torch.Tensor) else None)
     families = ["kd", *cfg.controls]
     summary = study.search(problem, study.default_space(cfg), state.path("search", "study.db"), families=families,
                            budget_s=cfg.search.budget_s, n_trials=cfg.search.trials, sampler=cfg.search.sampler,
