@@ -399,6 +399,9 @@ class PipelineConfig(Strict):
             raise ValueError("task 'text' needs a text section (text.data.path, text.teacher.model)")
         if self.task != "text" and self.text is not None:
             raise ValueError("a text section needs task: text")
+        if self.task == "text" and self.targets:
+            raise ValueError("targets: not yet run for task: text (its own pipeline driver has no targets stage); "
+                             "allowed: task tensor, or kd2deploy bench ship/student.onnx --target NAME")
         if self.task == "text":
             if "variants" not in self.model_fields_set:  # text default: dynamic INT8 and transformer fusions
                 from kd2deploy.export.variants import Int8DynamicSpec, TransformerFusionSpec, VariantsConfig

@@ -815,6 +815,12 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
         ts = time.perf_counter()
         stage_ship(run)
         stages_t["ship"] = time.perf_counter() - ts
+        if cfg.targets:  # edge devices over SSH: time what ships there (kd2deploy/targets/stage.py)
+            from kd2deploy.targets.stage import run_stage
+
+            ts = time.perf_counter()
+            run_stage(cfg, run.results, run.dir, run.onnx, run.variants, run.data.x_test, ui.step)
+            stages_t["targets"] = time.perf_counter() - ts
         run.results["run"].update(
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             wall_s=time.perf_counter() - t0, stage_wall_s=stages_t,
