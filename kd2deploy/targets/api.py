@@ -43,6 +43,8 @@ def resolve_target(spec: str, pipeline: Path | None = None, **adhoc: Any) -> Tar
             err = e.errors()[0]
             raise ConfigError(f"--target {spec!r}: {'.'.join(map(str, err['loc']))}: "
                               f"{err['msg'].removeprefix('Value error, ')}") from None
+        except ValueError as e:
+            raise ConfigError(f"--target: {e}") from None
     if pipeline is None:
         raise ConfigError(f"--target {spec!r}: give ssh://user@host[:port], or a target name with --pipeline FILE")
     from kd2deploy.config import load_config
