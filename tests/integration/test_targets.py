@@ -200,3 +200,31 @@ def test_transport_checks_again_without_the_schema(sshd):
     with pytest.raises(ValueError, match="is not a host name"):
         ssh_argv(t, "true")
     assert not Path("/tmp/pwned").exists()
+
+
+def test_disk_full_on_the_target_is_one_line(tmp_path, onnx_pair):
+    """The bootstrap unpacking onto a full 64 KiB tmpfs (a private mount namespace: nothing else sees it)."""
+    import json
+    import shlex
+    import shutil
+    import subprocess
+
+    from kd2deploy.targets.runner import _remote_error, make_bundle
+    from kd2deploy.targets.ssh import MARK, REMOTE
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    bundle = make_bundle({"action": "probe"}, {"models/m0.onnx": onnx_pair["teacher"]})
+    src = (REMOTE / "bootstrap.py").read_text()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(mnt))} && "
+              + shlex.join([PY, "-c", src, str(mnt), "30"]))
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], input=bundle, capture_output=True, timeout=60)
+    if b"mount" in done.stderr and done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode()[-200:]}")
+    docs = [json.loads(ln[len(MARK):]) for ln in done.stdout.decode().splitlines() if ln.startswith(MARK)]
+    assert docs and docs[-1]["error"] == "disk_full", done
+    msg = str(_remote_error(TargetConfig(name="board-1", ssh="pi@board-1"), docs[-1]))
+    assert msg.startswith("target board-1: the target's disk is full (No space left on device") and "\n" not in msg
+    assert "set workdir:" in msg
