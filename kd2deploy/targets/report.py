@@ -68,9 +68,10 @@ def sections(results: dict[str, Any]) -> list[dict[str, Any]]:
         f = e.get("facts") or {}
         s = e.get("settings") or {}
         mem = (f.get("memory") or {}).get("total_bytes")
+        providers = ", ".join(f.get("onnxruntime_providers") or [])
         facts = (f"{f.get('cpu_model')} ({f.get('machine')}), {f.get('usable_cpus')} usable cores"
                  + (f", {mem / 2**30:.1f} GiB memory" if mem else "") + f"; {f.get('os')}; Python {f.get('python')}, "
-                 f"numpy {f.get('numpy')}, onnxruntime {f.get('onnxruntime')} ({', '.join(f.get('onnxruntime_providers') or [])})")
+                 f"numpy {f.get('numpy')}, onnxruntime {f.get('onnxruntime')} ({providers})")
         energy = e.get("energy") or {}
         erows = []
         for model, m in (energy.get("models") or {}).items():

@@ -91,7 +91,10 @@ def check_target(t: TargetConfig) -> dict[str, Any]:
 def format_facts(t: TargetConfig, facts: dict[str, Any]) -> list[str]:
     """``targets check``'s lines for one target."""
     mem = facts.get("memory") or {}
-    gib = (lambda b: f"{b / 2**30:.1f} GiB" if b else "?")
+
+    def gib(b: int | None) -> str:
+        return f"{b / 2**30:.1f} GiB" if b else "?"
+
     sensor = facts.get("energy_sensor")
     lines = [
         f"target {t.name} ({t.ssh}): reachable",

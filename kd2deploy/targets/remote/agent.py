@@ -153,7 +153,9 @@ def bench(job):
     import harness
     import numpy as np
 
-    log = (lambda msg: print(f"[target] {msg}", file=sys.stderr, flush=True))
+    def log(msg):
+        print(f"[target] {msg}", file=sys.stderr, flush=True)
+
     s = harness.HarnessSettings(**job["settings"])
     providers = list(job["providers"])
     if providers[-1] != "CPUExecutionProvider":

@@ -53,7 +53,7 @@ class CounterSensor:
 
     def end(self, token):
         total = 0
-        for (_, _, top), a, b in zip(self.domains, token, self._now()):
+        for (_, _, top), a, b in zip(self.domains, token, self._now()):  # noqa: B905 - runs on Python 3.8 too
             total += b - a if b >= a else b + top - a
         return total / 1e6
 
@@ -79,7 +79,7 @@ class SampledSensor:
         state["stop"].set()
         state["thread"].join()
         samples = state["samples"] + [(time.perf_counter(), self.read_w())]
-        return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(samples, samples[1:]))
+        return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(samples, samples[1:]))  # noqa: B905
 
 
 def rapl(root="/"):
