@@ -70,13 +70,13 @@ def test_targets_section_defaults_and_errors(tmp_path):
         assert expected in str(e.value) and str(e.value).startswith(str(tmp_path / "p.yaml")), str(e.value)
 
 
-def test_text_task_refuses_targets_until_it_runs_them(tmp_path):
-    (tmp_path / "d.csv").write_text("text,label\na,x\n")
-    (tmp_path / "m").mkdir()
-    text = ("task: text\ntext:\n  data: {path: d.csv}\n  teacher: {model: m}\n"
-            "targets:\n  - {name: b1, ssh: pi@b1}\n")
-    with pytest.raises(ConfigError, match="targets: not yet run for task: text"):
-        load_config(_write(tmp_path, text))
+def test_targets_are_a_stage_only_when_listed(tmp_path):
+    from kd2deploy.stages import stages_for
+
+    with_targets = load_config(_write(tmp_path, "targets:\n  - {name: b1, ssh: pi@b1}\n"))
+    names = [s.name for s in stages_for(with_targets)]
+    assert names[-3:] == ["ship", "targets", "report"]
+    assert "targets" not in [s.name for s in stages_for(load_config(_write(tmp_path, "seed: 1\n")))]
 
 
 def test_ssh_argv_is_a_list_with_strict_options(tmp_path):
