@@ -102,7 +102,7 @@ def run_targets(cfg: Any, results: dict[str, Any], models: dict[str, Path], inpu
     out: dict[str, Any] = {}
     for t in cfg.targets:
         e = t.energy
-        energy = None if not (e.enabled and cfg.energy.enabled) else {
+        energy = None if not e.enabled else {
             "window_s": e.window_s or cfg.energy.window_s, "repeats": e.repeats or cfg.energy.repeats,
             "batch_size": e.batch_size or cfg.energy.batch_size, "idle": e.idle_baseline}
         try:

@@ -53,8 +53,12 @@ def _missing_line(t: TargetConfig, facts: dict[str, Any]) -> str:
             "onnxruntime")
 
 
-def _remote_error(t: TargetConfig, doc: dict[str, Any]) -> TargetError:
+def _remote_error(t: TargetConfig, doc: dict[str, Any], stderr: str = "") -> TargetError:
     err = doc["error"]
+    if err == "python_version":
+        facts = doc.get("facts") or {}
+        return TargetError(t.name, f"{t.python} on the target is Python {facts.get('python')}; the harness needs "
+                           "Python 3.9 or newer (set python: to a newer one)", "python")
     if err == "missing":
         return TargetError(t.name, _missing_line(t, doc.get("facts") or {}), "python")
     if err == "timeout":
@@ -71,8 +75,9 @@ def _remote_error(t: TargetConfig, doc: dict[str, Any]) -> TargetError:
                            "disk_full")
     if err == "bench":
         return TargetError(t.name, f"onnxruntime on the target refused: {doc.get('detail')}", "bench")
-    return TargetError(t.name, f"the remote job failed ({err}: {doc.get('detail') or doc.get('returncode')})",
-                       "remote")
+    last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "")
+    detail = doc.get("detail") or (f"exit {doc.get('returncode')}" + (f": {last[:300]}" if last else ""))
+    return TargetError(t.name, f"the remote job failed ({err}: {detail})", "remote")
 
 
 def check_target(t: TargetConfig) -> dict[str, Any]:
@@ -83,8 +88,8 @@ def check_target(t: TargetConfig) -> dict[str, Any]:
     """
     reply = run_job(t, make_bundle({"action": "probe", "sensor": t.energy.sensor}), PROBE_TIMEOUT_S)
     doc = reply.doc
-    if "facts" not in doc:
-        raise _remote_error(t, doc)
+    if "facts" not in doc or doc.get("error") == "python_version":
+        raise _remote_error(t, doc, reply.stderr)
     return doc["facts"]
 
 
@@ -239,7 +244,7 @@ def bench_on_target(
     reply = run_job(t, bundle, t.timeout_s)
     doc = reply.doc
     if "error" in doc:
-        raise _remote_error(t, doc)
+        raise _remote_error(t, doc, reply.stderr)
     for m in doc["models"]:
         m["sha256_local"] = local[m["name"]]["sha256"]
         m["sha256_match"] = m["sha256"] == m["sha256_local"]

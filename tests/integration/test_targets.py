@@ -228,3 +228,12 @@ def test_disk_full_on_the_target_is_one_line(tmp_path, onnx_pair):
     msg = str(_remote_error(TargetConfig(name="board-1", ssh="pi@board-1"), docs[-1]))
     assert msg.startswith("target board-1: the target's disk is full (No space left on device") and "\n" not in msg
     assert "set workdir:" in msg
+
+
+def test_too_old_remote_python_is_named(sshd):
+    old = next((str(p) for p in sorted(Path("/root/.pyenv/versions").glob("3.8*/bin/python3.8"))), None) \
+        if Path("/root/.pyenv/versions").is_dir() else None
+    if old is None:
+        pytest.skip("no Python 3.8 here to stand for a target's old Python")
+    with pytest.raises(TargetError, match=r"is Python 3\.8\.\d+; the harness needs Python 3\.9 or newer"):
+        check_target(TargetConfig(**sshd.target(python=old)))

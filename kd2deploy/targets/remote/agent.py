@@ -20,6 +20,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+MIN_PYTHON = (3, 9)  # harness.py subscripts builtin generics at import time
 sys.path.insert(0, HERE)
 
 
@@ -219,7 +220,9 @@ def main():
     t0 = time.perf_counter()
     doc = {"facts": facts(job.get("sensor", "auto"))}
     missing = sorted(doc["facts"]["import_errors"])
-    if missing:
+    if sys.version_info < MIN_PYTHON:
+        doc["error"] = "python_version"
+    elif missing:
         doc["error"] = "missing"
         doc["modules"] = missing
     elif job["action"] == "bench":
@@ -228,6 +231,9 @@ def main():
         except (ValueError, RuntimeError) as e:  # a file onnxruntime refuses, a provider it lacks
             doc["error"] = "bench"
             doc["detail"] = (str(e).strip().splitlines() or [type(e).__name__])[0][:500]
+        except Exception as e:  # noqa: BLE001 - anything else still comes back as one line
+            doc["error"] = "agent"
+            doc["detail"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:400]}"
     doc["agent_wall_s"] = round(time.perf_counter() - t0, 3)
     tmp = result_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
