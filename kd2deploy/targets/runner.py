@@ -241,7 +241,7 @@ def bench_on_target(
                           f", about {2 * len(bundle) / 2**20 + 8:.1f} MiB needed; set workdir: to a folder with room",
                           "disk_full")
     say(f"{t.name}: sending {len(bundle) / 2**20:.1f} MiB and benchmarking {', '.join(models)}")
-    reply = run_job(t, bundle, t.timeout_s)
+    reply = run_job(t, bundle, t.timeout_s, on_line=lambda line: say(f"{t.name}: {line}"))
     doc = reply.doc
     if "error" in doc:
         raise _remote_error(t, doc, reply.stderr)

@@ -15,6 +15,8 @@ import os
 import re
 import shlex
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,11 +118,51 @@ def _classify_ssh(t: TargetConfig, rc: int, stderr: str) -> TargetError:
     return TargetError(t.name, f"the remote command failed (exit {rc}): {last}", "remote")
 
 
-def run_job(t: TargetConfig, bundle: bytes, timeout_s: float) -> Reply:
+def _communicate(argv: list[str], data: bytes, limit: float,
+                 on_line: Callable[[str], object] | None) -> tuple[int, str, str] | None:
+    """Runs ``argv`` with ``data`` on stdin; stderr lines go to ``on_line`` as they come. None on timeout."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: list[bytes] = []
+    err: list[str] = []
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(data)
+            proc.stdin.close()
+        except OSError:  # ssh stopped reading (it failed to connect): its exit status says why
+            pass
+
+    def read_out() -> None:
+        out.append(proc.stdout.read())
+
+    def read_err() -> None:
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            err.append(line)
+            if on_line is not None and line.startswith("[target] "):
+                on_line(line[len("[target] "):].rstrip())
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (feed, read_out, read_err)]
+    for th in threads:
+        th.start()
+    try:
+        rc = proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+    finally:
+        for th in threads:
+            th.join(5)
+    return rc, b"".join(out).decode("utf-8", "replace"), "".join(err)
+
+
+def run_job(t: TargetConfig, bundle: bytes, timeout_s: float,
+            on_line: Callable[[str], object] | None = None) -> Reply:
     """Sends ``bundle`` (a .tar.gz holding agent.py and job.json) and returns the agent's result document.
 
     The remote side stops the agent after ``timeout_s``; ssh itself is stopped ``connect_timeout_s + 30`` s
-    later if the target never answers.
+    later if the target never answers. The agent's progress lines go to ``on_line`` as they arrive.
 
     Raises:
         TargetError: ssh could not connect or authenticate, the remote command failed, or nothing came back.
@@ -128,15 +170,14 @@ def run_job(t: TargetConfig, bundle: bytes, timeout_s: float) -> Reply:
     argv = ssh_argv(t, bootstrap_command(t, timeout_s))
     limit = timeout_s + t.connect_timeout_s + 30
     try:
-        done = subprocess.run(argv, input=bundle, capture_output=True, timeout=limit, check=False)
+        done = _communicate(argv, bundle, limit, on_line)
     except FileNotFoundError:
         raise TargetError(t.name, "the ssh client is not installed here (apt-get install openssh-client)",
                           "local") from None
-    except subprocess.TimeoutExpired:
+    if done is None:
         raise TargetError(t.name, f"no answer within {limit:.0f} s; ssh was stopped (the target may be hung "
-                          "or the network down)", "timeout") from None
-    stdout = done.stdout.decode("utf-8", "replace")
-    stderr = done.stderr.decode("utf-8", "replace")
+                          "or the network down)", "timeout")
+    rc, stdout, stderr = done
     docs = []
     for line in stdout.splitlines():
         if line.startswith(MARK):
@@ -147,7 +188,7 @@ def run_job(t: TargetConfig, bundle: bytes, timeout_s: float) -> Reply:
     started = next((d for d in docs if "started" in d), None)
     final = [d for d in docs if "started" not in d]
     if not final:
-        if done.returncode == 0:
+        if rc == 0:
             raise TargetError(t.name, "the target answered without a result (the remote output was cut)", "remote")
-        raise _classify_ssh(t, done.returncode, stderr)
+        raise _classify_ssh(t, rc, stderr)
     return Reply(doc=final[-1], stderr=stderr, started=started)
