@@ -108,8 +108,10 @@ def test_bench_target(sshd, tmp_path):
     res = kd2deploy("bench", str(a), str(b), "-b", "1", "--min-duration-s", "0.05", "--min-runs", "10",
                     "--rounds", "2", "--target", url, "--identity-file", str(sshd.key), "--known-hosts",
                     str(sshd.known_hosts), "--python", sys.executable, "--json", str(tmp_path / "o.json"),
-                    cwd=tmp_path)
+                    "--energy-window", "0.2", "--cpu-power-w", "3", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "energy per inference at batch 1, modelled (cpu_power_w 3 W profile" in res.stdout
+    assert "[1/4] big batch 1 round 1/2" in res.stderr  # progress streamed from the target
     assert "on target 127.0.0.1" in res.stderr and "p50 big / small at batch 1" in res.stdout
     doc = json.loads((tmp_path / "o.json").read_text())
     assert all(m["sha256_match"] for m in doc["models"])
