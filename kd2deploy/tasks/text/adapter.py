@@ -199,9 +199,9 @@ class TextTask:
                                           label_smoothing=arm.label_smoothing or 0.0)
             trained.append((student, History(hist, sum(h["seconds"] for h in hist))))
         record = {
-            "loss": "+".join(t.loss for t in d.terms), "terms": [{**t.model_dump(), **({"temperature": d.temperature, "alpha": d.alpha}
-                                                  if t.loss == "hinton" else {})}
-                      for t in d.terms],
+            "loss": "+".join(t.loss for t in d.terms),
+            "terms": [{**t.model_dump(), **({"temperature": d.temperature, "alpha": d.alpha}
+                                            if t.loss == "hinton" else {})} for t in d.terms],
             "temperature": d.temperature, "alpha": d.alpha, "train": d.train.model_dump(),
             "student": {k: info[k] for k in ("num_layers", "hidden_size", "init", "layer_map", "teacher_layers")},
             "student_arch": f"{type(state.teacher).__name__}, {info['num_layers']} layers",
