@@ -414,6 +414,12 @@ def _stage_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _target_sections(results: dict[str, Any]) -> list[dict[str, Any]]:
+    from kd2deploy.targets.report import sections
+
+    return sections(results)
+
+
 def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
     """Everything the templates show, computed once."""
     from kd2deploy.report import plots
@@ -453,6 +459,7 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "task_sections": results.get("task_sections") or [],
         "variants": _variant_rows(results),
         "devices": results.get("devices") or {},
+        "targets": _target_sections(results),
         "ship_policy": _policy_text(results),
         "ship_selection": _get(results, "variants", "student", "selection"),
         "config_yaml": yaml.safe_dump(_get(results, "pipeline", "resolved", default={}), sort_keys=False),
