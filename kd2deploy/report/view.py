@@ -228,8 +228,10 @@ def _distill_setup(results: dict[str, Any]) -> list[str]:
                 parts.append(f"{t['weight']:g} x hint({t['student_layer']} -> {t['teacher_layer']}, via an adapter)")
             elif t["loss"] == "ce":
                 parts.append(f"{t['weight']:g} x CE")
-            else:
+            elif "temperature" in t:
                 parts.append(f"{t['weight']:g} x {t['loss']}(T={t['temperature']:g}, alpha={t['alpha']:g})")
+            else:  # e.g. hidden-state or attention matching
+                parts.append(f"{t['weight']:g} x {t['loss']}")
         out.append("KD loss: " + " + ".join(parts) + ".")
     transfer = d.get("transfer") or {}
     if transfer.get("shift_px") or transfer.get("mixup_alpha"):
@@ -454,6 +456,7 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "stage_rows": _stage_rows(results),
         "training_mode": _training_mode_text(results),
         "ship": results.get("ship"),
+        "task_sections": results.get("task_sections") or [],
         "variants": _variant_rows(results),
         "devices": results.get("devices") or {},
         "targets": _target_sections(results),
