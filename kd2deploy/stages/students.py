@@ -62,7 +62,12 @@ class StudentsStage(BaseStage):
             selection="KD seed with the highest validation accuracy",
         )
         record.setdefault("teacher", {})["test_accuracy"] = teacher_acc
-        record["convergence"] = convergence_of(record["per_seed"], energy.as_dict().get("energy_kwh"))
+        spent = energy.as_dict()
+        kwh = spent.get("energy_kwh")
+        if kwh is not None and record.get("search") and spent.get("duration_s"):  # the search's share is not training
+            searched = sum(f["spent_s"] for f in record["search"]["families"].values())
+            kwh *= max(0.0, 1 - searched / spent["duration_s"])
+        record["convergence"] = convergence_of(record["per_seed"], kwh)
         fractions = getattr(getattr(state.cfg, "distill", None), "label_fractions", None)
         if fractions and state.cfg.task == "tensor":
             from kd2deploy.distill.label_efficiency import label_efficiency
