@@ -103,7 +103,10 @@ class TextTask:
         from kd2deploy.tasks.text.models import load_teacher
         from kd2deploy.tasks.text.train import accuracy, fine_tune
 
+        import torch
+
         folder = resolve_location(self.t.teacher.model)
+        torch.manual_seed(self.cfg.seed)  # a new classification head is initialised here: make it reproducible
         teacher, tune, why = load_teacher(folder, self.data.labels, self.t.teacher.fine_tune)
         record: dict[str, Any] = {
             "arch": type(teacher).__name__, "folder": str(folder), "as_given": self.t.teacher.model,
