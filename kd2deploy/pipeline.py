@@ -414,7 +414,8 @@ def _restore_students(run: Run, entry, record: dict[str, Any]) -> None:
 
     seed = record["shipped_seed"]
     with torch.random.fork_rng(devices=[]):
-        run.student = _load_inner(run, _build(run, "student"), entry.dir / f"student_kd_seed{seed}.pt")
+        arm = record.get("shipped_arm", "kd")
+        run.student = _load_inner(run, _build(run, "student"), entry.dir / f"student_{arm}_seed{seed}.pt")
         run.scratch = (_load_inner(run, _build(run, "student"), entry.dir / f"student_scratch_seed{seed}.pt")
                        if "scratch" in record["arms"] else None)
     _reused_energy(record)
@@ -558,9 +559,12 @@ def stage_students(run: Run, progress) -> None:
         if _writes():
             save_torch_atomic(model.model.state_dict(),
                               run.path("checkpoints", f"student_{arm.name}_seed{arm.seed}.pt"))
-    # The shipped student: the KD seed with the best validation accuracy (never chosen on test).
-    best_seed = max(cfg.seeds, key=lambda s: (per_seed[s]["kd"]["val_accuracy"], -cfg.seeds.index(s)))
-    run.student = models[f"kd/seed{best_seed}"]
+    # The shipped student: among KD and the controls, on validation only (kd2deploy.ship.student).
+    from kd2deploy.ship.student import choose_student
+
+    choice = choose_student(per_seed, cfg.seeds)
+    best_seed = choice["seed"]
+    run.student = models[f"{choice['arm']}/seed{best_seed}"]
     run.scratch = models.get(f"scratch/seed{best_seed}")
     teacher_rec = run.results["models"]["teacher"]
     teacher_acc = teacher_rec["test_accuracy_torch"]
@@ -575,9 +579,9 @@ def stage_students(run: Run, progress) -> None:
         "temperature": cfg.temperature, "alpha": cfg.alpha, "seeds": cfg.seeds,
         "terms": kd_terms(cfg),
         "arms": sorted(by_arm), "per_seed": [per_seed[s] for s in cfg.seeds], "summary": summary,
-        "gap_closed": gap, "shipped_seed": best_seed, "energy": energy.as_dict(),
+        "gap_closed": gap, "shipped_seed": best_seed, "shipped_arm": choice["arm"], "energy": energy.as_dict(),
         "student_arch": run.cfg.student.arch, "student_params": count_params(run.student.model),
-        "selection": "KD seed with the highest validation accuracy",
+        "selection": choice["reason"],
         "teacher": {
             "kind": "ensemble" if run.cfg.teacher.ensemble else "single",
             "members": len(teacher_rec.get("members", [])) or 1,
@@ -624,7 +628,8 @@ def stage_export(run: Run) -> None:
 
 
 def stage_variants(run: Run, progress) -> None:
-    """Compressed variants of the exported models, each judged on the test split against its FP32 source."""
+    """Compressed variants of the exported models, each evaluated on the validation split (what the shipping guard
+    judges) and on the test split (reported, never used to choose)."""
     from kd2deploy.export.variants import describe_clipping, evaluate_variant, make_variant
 
     cfg = run.cfg.variants
@@ -633,14 +638,19 @@ def stage_variants(run: Run, progress) -> None:
     task = progress.add_task("variants", total=len(todo), info="")
     for model, spec in todo:
         src = run.onnx[model]
-        entry = out.setdefault(model, {
-            "source": f"models/{src.name}", "accuracy_fp32": run.results["export"][model]["parity"]["accuracy_onnx"],
-            "variants": [], "failed": [],
-        })
+        if model not in out:
+            from kd2deploy.report.verdict import onnx_correct
+
+            out[model] = {"source": f"models/{src.name}",
+                          "accuracy_fp32": run.results["export"][model]["parity"]["accuracy_onnx"],
+                          "accuracy_fp32_val": float(onnx_correct(src, run.data.x_val, run.data.y_val).mean()),
+                          "variants": [], "failed": []}
+        entry = out[model]
         progress.update(task, info=f"{model} {spec.name}")
         try:
             path = make_variant(src, spec, run.dir / "models" / "variants", run.data.x_train)
             res = evaluate_variant(path, src, run.data.x_test, run.data.y_test)
+            res["accuracy_val"] = evaluate_variant(path, src, run.data.x_val, run.data.y_val)["accuracy"]
         except StageError as e:
             entry["failed"].append({"name": spec.name, "kind": spec.kind, "reason": str(e)})
             run.results["warnings"].append(f"variant {spec.name} of {model} was not made: {e}")
@@ -669,15 +679,15 @@ def stage_energy(run: Run, progress) -> None:
     run.results["energy"] = inference_energy(run, progress)
 
 
-def stage_ship(run: Run) -> None:
-    """The shipping guard picks, per model, the fastest variant that keeps accuracy; the student's pick ships."""
+def stage_select(run: Run) -> None:
+    """The shipping guard picks, per model, the fastest variant that keeps accuracy **on the validation split**
+    (test accuracy is reported, never used to choose); the student's pick is what ships."""
     from kd2deploy.ship.guard import candidates_from_bench, select
-    from kd2deploy.ship.package import ship_student
 
     policy = run.cfg.ship
     timed = {r["model"] for r in run.latency}
     for model, entry in run.results.get("variants", {}).items():
-        accuracies = {model: entry["accuracy_fp32"], **{v["label"]: v["accuracy"] for v in entry["variants"]}}
+        accuracies = {model: entry["accuracy_fp32_val"], **{v["label"]: v["accuracy_val"] for v in entry["variants"]}}
         control = f"{model}@aa"
         candidates = candidates_from_bench(
             run.latency, model, accuracies, policy.batch_size,
@@ -693,6 +703,22 @@ def stage_ship(run: Run) -> None:
                     f"variant {c['name']} is slower than its FP32 source: {1 / r['ratio_p50']:.2f}x the p50 at batch "
                     f"{policy.batch_size} (95 % CI of the speed-up {r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}x); "
                     "not shipped")
+        entry["selection"]["split"] = "validation"
+
+
+def stage_ship(run: Run) -> None:
+    """The headline and verdict about the file that ships, then ship/student.onnx with its model card."""
+    from kd2deploy.report.verdict import build_headline, onnx_correct, shipped_label, teacher_best_label
+    from kd2deploy.ship.package import ship_student
+
+    files = {"teacher": run.onnx["teacher"], "student": run.onnx["student"],
+             **{label: path for label, (_, path) in run.variants.items()}}
+    labels = {"teacher", shipped_label(run.results), teacher_best_label(run.results)}
+    correct = {label: onnx_correct(files[label], run.data.x_test, run.data.y_test) for label in labels}
+    settings = run.results.get("benchmark", {}).get("settings", {})
+    run.results["headline"] = build_headline(
+        run.results, latency=run.latency, correct=correct, budget_pp=run.cfg.report.max_accuracy_drop_pp,
+        batch=run.cfg.ship.batch_size, bootstrap=settings.get("bootstrap", 1000), seed=settings.get("seed", 0))
     path = ship_student(run.results, run.dir)
     sel = run.results["ship"].get("selection")
     ui.step(f"ship: {path.relative_to(run.dir)} ← {run.results['ship']['source']}"
@@ -799,7 +825,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
                 ("data", stage_data, False), ("checks", stage_checks, False), ("teacher", stage_teacher, True),
                 ("students", stage_students, True),
                 ("export", stage_export, False), ("variants", stage_variants, True),
-                ("benchmark", stage_benchmark, True), ("energy", stage_energy, True),
+                ("benchmark", stage_benchmark, True), ("select", stage_select, False),
+                ("energy", stage_energy, True),
             ):
                 ts = time.perf_counter()
                 log.info("stage %s started", name)
@@ -811,7 +838,6 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
                     dist.cleanup()
                     if not main:
                         return run
-        run.results["headline"] = headline(run.results)
         ts = time.perf_counter()
         stage_ship(run)
         stages_t["ship"] = time.perf_counter() - ts
@@ -871,35 +897,11 @@ class _quiet_progress:
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The numbers the report leads with: speed-up and energy ratio of the student, and its accuracy cost."""
-    exp = results.get("export", {})
-    t_acc = exp.get("teacher", {}).get("parity", {}).get("accuracy_onnx")
-    s_acc = exp.get("student", {}).get("parity", {}).get("accuracy_onnx")
-    out: dict[str, Any] = {
-        "teacher_accuracy": t_acc, "student_accuracy": s_acc,
-        "accuracy_delta_pp": None if t_acc is None or s_acc is None else 100.0 * (s_acc - t_acc),
-    }
-    bench = results.get("benchmark", {})
-    for r in bench.get("ratios", []):
-        if r.get("numerator") == "teacher" and r.get("denominator") == "student":
-            out.setdefault("speedup_p50", {})[str(r["batch_size"])] = r
-    b1 = out.get("speedup_p50", {}).get("1") or next(iter(out.get("speedup_p50", {}).values()), None)
-    out["speedup_p50_batch"] = b1["batch_size"] if b1 else None
-    out["speedup_p50_ratio"] = b1["ratio_p50"] if b1 else None
-    energy = results.get("energy", {})
-    out["energy_basis"] = "active" if energy.get("ratio_active") else "gross"
-    out["energy_ratio"] = energy.get("ratio_active") or energy.get("ratio_gross")
-    out["energy_label"] = energy.get("label")
-    parts = []
-    if out["speedup_p50_ratio"]:
-        parts.append(f"{out['speedup_p50_ratio']:.1f}x faster p50 at batch {out['speedup_p50_batch']}")
-    if out["energy_ratio"]:
-        parts.append(f"{out['energy_ratio']:.1f}x less energy per inference "
-                     f"({out['energy_label']}, {out['energy_basis']})")
-    if out["accuracy_delta_pp"] is not None:
-        parts.append(f"accuracy {out['accuracy_delta_pp']:+.2f} pp")
-    out["text"] = "student: " + ", ".join(parts) if parts else "no comparison available"
-    return out
+    """The numbers the report leads with, about ship/student.onnx (see :mod:`kd2deploy.report.verdict`);
+    without latency samples the stored ratio rows and paired test are kept (a re-render)."""
+    from kd2deploy.report.verdict import build_headline
+
+    return build_headline(results)
 
 
 def _yaml(data: dict[str, Any]) -> str:

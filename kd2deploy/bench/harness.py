@@ -23,8 +23,9 @@ What a number means:
   spread of round medians carries session-to-session and drift variation, judged with rounds - 1 degrees of
   freedom) and (b) a seeded two-level bootstrap (rounds resampled, then latencies within them), which covers
   the noise inside the windows. A bootstrap alone, over 3 clusters, under-covers when sessions differ;
-  ``tests/unit/test_latency_coverage.py`` simulates it. :func:`ratio_ci` does the same for a ratio of two
-  medians (teacher p50 / student p50 is the student's speed-up) with the rounds paired.
+  ``tests/unit/test_latency_coverage.py`` simulates it. With fewer than 3 rounds only (b) applies.
+  :func:`ratio_ci` does the same for a ratio of two medians (teacher p50 / student p50 is the student's
+  speed-up) with the rounds paired.
 """
 
 from __future__ import annotations
@@ -530,10 +531,14 @@ def t975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
+MIN_T_ROUNDS = 3  # with 2 rounds (1 degree of freedom, t = 12.7) the interval would be uselessly wide
+
+
 def rounds_log_halfwidth(log_values: Sequence[float]) -> float | None:
-    """Half-width, in log units, of the t 95 % interval of the mean of per-round log values; None under 2."""
+    """Half-width, in log units, of the t 95 % interval of the mean of per-round log values; None under
+    ``MIN_T_ROUNDS`` rounds (then only the bootstrap interval applies: it misses session-to-session spread)."""
     v = np.asarray(log_values, dtype=np.float64)
-    if v.size < 2:
+    if v.size < MIN_T_ROUNDS:
         return None
     return t975(v.size - 1) * float(v.std(ddof=1)) / float(np.sqrt(v.size))
 
