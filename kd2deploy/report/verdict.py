@@ -13,7 +13,8 @@ distillation"; the FP32 teacher when no variant pays).
 - Verdict: "ship" when the accuracy interval lies above ``-max_accuracy_drop_pp`` and the speed-up
   interval above the A/A floor (and 1); "do not ship" when the accuracy interval lies wholly below the
   allowed drop or the speed-up interval wholly below 1; otherwise "inconclusive", with the number of
-  test samples that would resolve the allowed drop. A handful of samples cannot flip it: a point estimate alone decides nothing.
+  test samples that would resolve the allowed drop. A handful of samples cannot flip it: a point
+  estimate alone decides nothing.
 
 Per-sample correctness and latency samples are not in results.json; :func:`build_headline` takes them from the
 pipeline and stores what it derived, so a re-rendered report shows the same verdict.
