@@ -682,28 +682,9 @@ def stage_energy(run: Run, progress) -> None:
 def stage_select(run: Run) -> None:
     """The shipping guard picks, per model, the fastest variant that keeps accuracy **on the validation split**
     (test accuracy is reported, never used to choose); the student's pick is what ships."""
-    from kd2deploy.ship.guard import candidates_from_bench, select
+    from kd2deploy.ship.guard import select_variants
 
-    policy = run.cfg.ship
-    timed = {r["model"] for r in run.latency}
-    for model, entry in run.results.get("variants", {}).items():
-        accuracies = {model: entry["accuracy_fp32_val"], **{v["label"]: v["accuracy_val"] for v in entry["variants"]}}
-        control = f"{model}@aa"
-        candidates = candidates_from_bench(
-            run.latency, model, accuracies, policy.batch_size,
-            kinds={v["label"]: v["kind"] for v in entry["variants"]},
-            controls=[control] if control in timed else [],
-        )
-        entry["candidates"] = candidates
-        entry["selection"] = select(candidates, policy)
-        for c in candidates:
-            r = c.get("ratio_vs_source")
-            if c["source"] not in ("fp32", "control") and r and r["ci95"][1] < 1:
-                run.results["warnings"].append(
-                    f"variant {c['name']} is slower than its FP32 source: {1 / r['ratio_p50']:.2f}x the p50 at batch "
-                    f"{policy.batch_size} (95 % CI of the speed-up {r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}x); "
-                    "not shipped")
-        entry["selection"]["split"] = "validation"
+    select_variants(run.results, run.latency, run.cfg.ship)
 
 
 def stage_ship(run: Run) -> None:

@@ -375,7 +375,10 @@ def _policy_text(results: dict[str, Any]) -> str:
     if p.get("require_faster", True):
         rules.append(f"the 95 % CI of its speed-up over FP32 above {p.get('min_speedup', 1.0):g}x (and above the "
                      "A/A control's)")
-    return f"fastest at batch {p.get('batch_size', 1)} among FP32 and the variants with " + " and ".join(rules)
+    split = _get(results, "variants", "student", "selection", "split", default=None)
+    return (f"fastest at batch {p.get('batch_size', 1)} among FP32 and the variants with " + " and ".join(rules)
+            + ("; accuracy judged on the validation split (the table shows test accuracy, which chooses nothing)"
+               if split == "validation" else ""))
 
 
 def _energy_mj(model: dict[str, Any] | None, basis: str) -> float | None:
