@@ -417,7 +417,7 @@ def _restore_students(run: Run, entry, record: dict[str, Any]) -> None:
         arm = record.get("shipped_arm", "kd")
         run.student = _load_inner(run, _build(run, "student"), entry.dir / f"student_{arm}_seed{seed}.pt")
         run.scratch = (_load_inner(run, _build(run, "student"), entry.dir / f"student_scratch_seed{seed}.pt")
-                       if "scratch" in record["arms"] else None)
+                       if "scratch" in record["arms"] and arm != "scratch" else None)
     _reused_energy(record)
     run.results["distill"] = record
     _say_students(record, f" — reused ({entry.key[:12]})")
@@ -565,7 +565,8 @@ def stage_students(run: Run, progress) -> None:
     choice = choose_student(per_seed, cfg.seeds)
     best_seed = choice["seed"]
     run.student = models[f"{choice['arm']}/seed{best_seed}"]
-    run.scratch = models.get(f"scratch/seed{best_seed}")
+    # the scratch control's export, unless it is the shipped student itself (the same file twice)
+    run.scratch = models.get(f"scratch/seed{best_seed}") if choice["arm"] != "scratch" else None
     teacher_rec = run.results["models"]["teacher"]
     teacher_acc = teacher_rec["test_accuracy_torch"]
     summary = {name: _mean_sd(v) for name, v in by_arm.items()}

@@ -99,8 +99,9 @@ def speedups(latency: Sequence[dict], numerator: str, denominator: str, bootstra
     names = {r["model"] for r in latency}
     if numerator not in names or denominator not in names:
         return []
-    return ratios([r for r in latency if r["model"] in (numerator, denominator)], numerator, denominator,
+    rows = ratios([r for r in latency if r["model"] in (numerator, denominator)], numerator, denominator,
                   bootstrap=bootstrap, seed=seed)
+    return [{"numerator": numerator, "denominator": denominator, **r} for r in rows]
 
 
 def _with_floor(row: dict, floor: float) -> dict:
@@ -165,7 +166,8 @@ def build_headline(results: dict[str, Any], *, latency: Sequence[dict] = (), cor
     }
     t_acc, s_acc = h["teacher_accuracy"], h["student_accuracy"]
     h["accuracy_delta_pp"] = None if t_acc is None or s_acc is None else 100.0 * (s_acc - t_acc)
-    h["speedup_p50"] = {b: {k: r[k] for k in ("batch_size", "ratio_p50", "ci95")} for b, r in speed["teacher"].items()}
+    h["speedup_p50"] = {b: {k: r[k] for k in ("numerator", "denominator", "batch_size", "ratio_p50", "ci95") if k in r}
+                        for b, r in speed["teacher"].items()}
     first = speed["teacher"].get(str(batch)) or next(iter(speed["teacher"].values()), None)
     h["speedup_p50_batch"] = first["batch_size"] if first else None
     h["speedup_p50_ratio"] = first["ratio_p50"] if first else None

@@ -212,7 +212,9 @@ def _distill_rows(results: dict[str, Any]) -> dict[str, Any]:
         row["sd"] = row["sd"] if row.get("n", 1) > 1 else None
     s = d["summary"]
     beats = {}
-    paired = _get(results, "headline", "distillation", "vs", default=None)
+    from kd2deploy.report.verdict import distillation
+
+    paired = distillation(results)["vs"] if _get(results, "headline", "verdict") else None
     for ctrl in ("scratch", "label_smoothing") if paired is not None else ():
         if ctrl in paired:
             p = paired[ctrl]
