@@ -2,8 +2,9 @@
 sees the same batches in the same order, in the batched trainer the pipeline uses and in the sequential one.
 
 Initial weights are observed through training at a learning rate of 1e-12: the parameters the trainer returns
-are then the ones each arm started from. Batch order is observed through its effect: a KD arm with alpha = 0 has exactly the scratch arm's objective, so
-with the same start and the same batches it must end with the same weights; another seed must not.
+are then the ones each arm started from. Batch order is observed through its effect: a KD arm with alpha = 0 has
+exactly the scratch arm's objective, so with the same start and the same batches it must end with the same
+weights; another seed must not.
 """
 
 from __future__ import annotations
