@@ -99,9 +99,10 @@ def speedups(latency: Sequence[dict], numerator: str, denominator: str, bootstra
     names = {r["model"] for r in latency}
     if numerator not in names or denominator not in names:
         return []
-    rows = ratios([r for r in latency if r["model"] in (numerator, denominator)], numerator, denominator,
-                  bootstrap=bootstrap, seed=seed)
-    return [{"numerator": numerator, "denominator": denominator, **r} for r in rows]
+    mine = [r for r in latency if r["model"] in (numerator, denominator)]
+    rows = ratios(mine, numerator, denominator, bootstrap=bootstrap, seed=seed)
+    shape = {k: mine[0][k] for k in ("seq_len",) if k in mine[0]}  # the text task's timed sequence length
+    return [{"numerator": numerator, "denominator": denominator, **shape, **r} for r in rows]
 
 
 def _with_floor(row: dict, floor: float) -> dict:
@@ -166,11 +167,13 @@ def build_headline(results: dict[str, Any], *, latency: Sequence[dict] = (), cor
     }
     t_acc, s_acc = h["teacher_accuracy"], h["student_accuracy"]
     h["accuracy_delta_pp"] = None if t_acc is None or s_acc is None else 100.0 * (s_acc - t_acc)
-    h["speedup_p50"] = {b: {k: r[k] for k in ("numerator", "denominator", "batch_size", "ratio_p50", "ci95") if k in r}
+    h["speedup_p50"] = {b: {k: r[k] for k in ("numerator", "denominator", "batch_size", "seq_len", "ratio_p50",
+                                              "ci95") if k in r}
                         for b, r in speed["teacher"].items()}
     first = speed["teacher"].get(str(batch)) or next(iter(speed["teacher"].values()), None)
     h["speedup_p50_batch"] = first["batch_size"] if first else None
     h["speedup_p50_ratio"] = first["ratio_p50"] if first else None
+    h["speedup_p50_seq_len"] = first.get("seq_len") if first else None
     energy = results.get("energy") or {}
     h["energy_basis"] = "active" if energy.get("ratio_active") else "gross"
     h["energy_ratio"] = energy.get("ratio_active") or energy.get("ratio_gross")
@@ -178,7 +181,7 @@ def build_headline(results: dict[str, Any], *, latency: Sequence[dict] = (), cor
     h["energy_file"] = energy.get("student_file", "models/student.onnx")
     h["verdict"] = decide(h, budget, batch, n_test)
     h["distillation"] = distillation(results)
-    h["text"] = _text(h, batch)
+    h["text"] = _text(h, batch, results)
     return h
 
 
@@ -261,8 +264,11 @@ def distillation(results: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _text(h: Mapping[str, Any], batch: int) -> str:
+def _text(h: Mapping[str, Any], batch: int, results: Mapping[str, Any] | None = None) -> str:
     parts = []
+    layers = [_get(results or {}, "benchmark", "models", m, "layers") for m in ("student", "teacher")]
+    if all(layers):
+        parts.append(f"{layers[0]} of {layers[1]} layers")
     ship = h["shipped"]
     what = f"ship/student.onnx ({ship['label']}" + (f", {ship['arm']} seed {ship['seed']}" if ship["seed"] is not None
                                                     else "") + ")"
@@ -274,7 +280,8 @@ def _text(h: Mapping[str, Any], batch: int) -> str:
             lo, hi = row["ci95"]
             r = row["ratio_p50"]
             words = f"{_x(r)} faster than" if r >= 1 else f"{_x(1 / r)} slower than"
-            parts.append(f"{words} {name} at batch {batch} (p50 ratio 95 % CI {lo:.2f}–{hi:.2f})")
+            shape = f", {row['seq_len']} tokens" if row.get("seq_len") else ""
+            parts.append(f"{words} {name} at batch {batch}{shape} (p50 ratio 95 % CI {lo:.2f}–{hi:.2f})")
     if h.get("accuracy_delta_pp") is not None:
         p = h.get("paired_vs_teacher")
         parts.append(f"accuracy {h['accuracy_delta_pp']:+.2f} pp vs the FP32 teacher"
