@@ -35,3 +35,20 @@ def test_cpu_torch_install_is_documented():
     readme = (ROOT / "README.md").read_text()
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in readme
     assert "pins torch to the 2.13.0 CPU build" not in readme  # it pins the version; the build comes from an index
+
+
+def test_generated_caches_are_ignored_and_untracked():
+    """`.cache/matplotlib/fontlist-*.json` was committed once; `.cache/` and run outputs stay out of git."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", ".cache", "runs"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked == [], tracked
+    ignored = subprocess.run(["git", "check-ignore", ".cache/matplotlib/fontlist-v390.json"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert ignored.returncode == 0, "`.cache/` is not ignored"
