@@ -17,6 +17,7 @@ from kd2deploy.stages.export import ExportStage
 from kd2deploy.stages.report import ReportStage
 from kd2deploy.stages.ship import SelectStage, ShipStage
 from kd2deploy.stages.students import StudentsStage
+from kd2deploy.stages.targets import TargetsStage
 from kd2deploy.stages.teacher import TeacherStage
 from kd2deploy.stages.variants import VariantsStage
 
@@ -31,13 +32,14 @@ STAGES: tuple[type[Stage], ...] = (
     SelectStage,
     EnergyStage,
     ShipStage,
+    TargetsStage,
     ReportStage,
 )
 
 
 def stages_for(cfg: Any) -> list[Stage]:
     """The stages of a run of ``cfg``, in order."""
-    return [cls() for cls in STAGES]
+    return [cls() for cls in STAGES if getattr(cls, "applies", None) is None or cls.applies(cfg)]
 
 
 def stage_names() -> list[str]:
