@@ -119,7 +119,7 @@ def _x(r: float) -> str:
 
 def build_headline(results: dict[str, Any], *, latency: Sequence[dict] = (), correct: Mapping[str, Any] | None
                    = None, budget_pp: float | None = None, batch: int | None = None,
-                   bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                   bootstrap: int = 1000, seed: int = 0, ship_file: str | None = None) -> dict[str, Any]:
     """The headline about ``ship/student.onnx`` (keys of the old headline kept), with ``verdict`` inside.
 
     Args:
@@ -131,6 +131,8 @@ def build_headline(results: dict[str, Any], *, latency: Sequence[dict] = (), cor
             ``teacher``, ...), for the paired test; without it the stored paired record is kept.
         budget_pp: ``report.max_accuracy_drop_pp`` (default: from the resolved config, else 1.0).
         batch: the batch size the verdict judges (default: ``ship.batch_size``, else 1).
+        ship_file: the shipped file, relative to the run folder (the task's ``ship_file``; default: the stored
+            one, else ``ship/student.onnx``).
     """
     old = results.get("headline") or {}
     budget = budget_pp if budget_pp is not None else _get(
@@ -156,7 +158,8 @@ def build_headline(results: dict[str, Any], *, latency: Sequence[dict] = (), cor
             (_get(old, "speedups", key) or {}).values())
         speed[key] = {str(r["batch_size"]): _with_floor(r, floor) if latency else r for r in rows}
     h: dict[str, Any] = {
-        "shipped": {"label": ship, "file": "ship/student.onnx",
+        "shipped": {"label": ship,
+                    "file": ship_file or _get(old, "shipped", "file", default="ship/student.onnx"),
                     "variant": None if ship == "student" else ship.split(".", 1)[1],
                     "arm": _get(results, "distill", "shipped_arm", default="kd"),
                     "seed": _get(results, "distill", "shipped_seed")},
@@ -179,13 +182,14 @@ def build_headline(results: dict[str, Any], *, latency: Sequence[dict] = (), cor
     h["energy_ratio"] = energy.get("ratio_active") or energy.get("ratio_gross")
     h["energy_label"] = energy.get("label")
     h["energy_file"] = energy.get("student_file", "models/student.onnx")
-    h["verdict"] = decide(h, budget, batch, n_test)
+    h["verdict"] = decide(h, budget, batch, n_test, h["shipped"]["file"])
     h["distillation"] = distillation(results)
     h["text"] = _text(h, batch, results)
     return h
 
 
-def decide(h: Mapping[str, Any], budget_pp: float, batch: int, n_test: int | None) -> dict[str, Any]:
+def decide(h: Mapping[str, Any], budget_pp: float, batch: int, n_test: int | None,
+           ship_file: str = "ship/student.onnx") -> dict[str, Any]:
     """"ship", "do not ship" or "inconclusive" from the intervals (see the module docstring)."""
     reasons, unresolved, good = [], [], []
     allowed = -budget_pp / 100
@@ -232,7 +236,7 @@ def decide(h: Mapping[str, Any], budget_pp: float, batch: int, n_test: int | Non
         decision = SHIP
     else:
         decision = INCONCLUSIVE
-    title = {SHIP: "Ship ship/student.onnx", NO_SHIP: "Do not ship",
+    title = {SHIP: f"Ship {ship_file}", NO_SHIP: "Do not ship",
              INCONCLUSIVE: "Inconclusive: more evidence needed"}[decision]
     why = good if decision == SHIP else reasons + unresolved
     return {"decision": decision, "ship": decision == SHIP, "title": title, "reasons": reasons + unresolved,
@@ -270,7 +274,7 @@ def _text(h: Mapping[str, Any], batch: int, results: Mapping[str, Any] | None = 
     if all(layers):
         parts.append(f"{layers[0]} of {layers[1]} layers")
     ship = h["shipped"]
-    what = f"ship/student.onnx ({ship['label']}" + (f", {ship['arm']} seed {ship['seed']}" if ship["seed"] is not None
+    what = f"{ship['file']} ({ship['label']}" + (f", {ship['arm']} seed {ship['seed']}" if ship["seed"] is not None
                                                     else "") + ")"
     for key, name in (("teacher", "the FP32 teacher"), ("teacher_best", h["teacher_best"])):
         if key == "teacher_best" and h["teacher_best"] == "teacher":

@@ -69,7 +69,7 @@ def _kpis(results: dict[str, Any]) -> list[dict[str, Any]]:
         speed_kpi.update(
             value=f"{speed:.2f}×" + ("" if speed >= 1 else " (slower)"),
             good=(ci[0] if ci[0] is not None else speed) > max(1.0, floor),
-            sub=f"ship/student.onnx vs the FP32 teacher, p50 at batch {b}"
+            sub=f"{_get(h, 'shipped', 'file', default='the student')} vs the FP32 teacher, p50 at batch {b}"
             + (f"; 95 % CI {ci[0]:.2f}–{ci[1]:.2f}" if ci[0] is not None else "")
             + (f" (A/A floor {floor:.2f})" if floor > 1 else "")
             + (f". vs {best} (best teacher without KD): {best_row['ratio_p50']:.2f}× "
@@ -133,7 +133,8 @@ def _glance(results: dict[str, Any]) -> list[dict[str, Any]]:
     if best != "teacher":
         rows.append((best, f"{best} (best teacher build without distillation)", acc.get("teacher_best")))
     arm = _get(h, "shipped", "arm", default="kd")
-    rows.append((ship, f"ship/student.onnx = {ship}" + ("" if arm == "kd" else f" ({arm} control)"),
+    rows.append((ship, f"{_get(h, 'shipped', 'file', default='shipped')} = {ship}"
+                 + ("" if arm == "kd" else f" ({arm} control)"),
                  acc.get("shipped")))
     out = []
     for label, name, a in rows:

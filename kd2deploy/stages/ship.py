@@ -39,7 +39,8 @@ class ShipStage(BaseStage):
         # the shipped file's card and metadata quote it
         state.results["headline"] = build_headline(
             state.results, latency=state.latency, correct=correct, budget_pp=state.cfg.report.max_accuracy_drop_pp,
-            batch=state.cfg.ship.batch_size, bootstrap=settings.get("bootstrap", 1000), seed=settings.get("seed", 0))
+            batch=state.cfg.ship.batch_size, bootstrap=settings.get("bootstrap", 1000), seed=settings.get("seed", 0),
+            ship_file=task.ship_file)
         path = task.package(state)
         sel = state.results["ship"].get("selection")
         ui.step(f"ship: {path.relative_to(state.dir)} ← {state.results['ship']['source']}"
