@@ -40,7 +40,7 @@ class ShipStage(BaseStage):
         state.results["headline"] = build_headline(
             state.results, latency=state.latency, correct=correct, budget_pp=state.cfg.report.max_accuracy_drop_pp,
             batch=state.cfg.ship.batch_size, bootstrap=settings.get("bootstrap", 1000), seed=settings.get("seed", 0),
-            ship_file=task.ship_file)
+            ship_file=getattr(task, "ship_file", None))
         path = task.package(state)
         sel = state.results["ship"].get("selection")
         ui.step(f"ship: {path.relative_to(state.dir)} ← {state.results['ship']['source']}"
