@@ -34,6 +34,7 @@ class TextTask:
     """Adapter of the text task: see :class:`kd2deploy.tasks.base.TaskAdapter` for the contract."""
 
     name: ClassVar[str] = "text"
+    ship_file: ClassVar[str] = "ship/student/model.onnx"
     capabilities: ClassVar[Capabilities] = Capabilities(
         section="text", variant_kinds=TEXT_VARIANT_KINDS,
         backends=frozenset({"onnxruntime-cpu", "onnxruntime-cuda"}), torch_baseline=True, distributed=False,
