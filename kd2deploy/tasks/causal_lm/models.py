@@ -136,7 +136,7 @@ def check_context(config, max_seq_len: int, where: str = "causal_lm.data.max_seq
 
 def _fields(config) -> tuple[str, ...]:
     for f in _FIELDS:
-        if hasattr(config, f[0]) and hasattr(config, f[1]):
+        if all(hasattr(config, k) for k in f[:4]):  # GPT-2 maps num_hidden_layers/hidden_size, not the FFN width
             return f
     raise StageError(f"{type(config).__name__}: no known layer-count / width fields (Llama or GPT-2 style)")
 
