@@ -31,7 +31,7 @@ from kd2deploy.rundir import write_json
 log = logging.getLogger("kd2deploy")
 
 CACHE_FORMAT = 1
-STAGES = ("teacher", "students")  # in run order: forcing one recomputes the ones after it
+STAGES = ("teacher", "students")  # the cached stages, in run order: forcing one recomputes the ones after it
 ENTRY_FILE = "entry.json"
 STALE_TEMP_S = 3600.0  # temporary folders older than this are left-overs of a crashed run
 
@@ -68,11 +68,13 @@ def _arch_file(arch: str | None) -> str | None:
     return spec[0] if spec else None
 
 
-def _versions(archs: Iterable[str | None]) -> dict[str, str | None]:
+def versions(archs: Iterable[str | None] = (), extra: Iterable[str] = ()) -> dict[str, str | None]:
+    """Versions of what shapes a trained model: kd2deploy, torch, numpy, scikit-learn, hub packages, ``extra``."""
     from importlib import metadata
 
     names = ["torch", "numpy", "scikit-learn"]
     names += sorted({a.split(":", 1)[0] for a in archs if a and a.split(":", 1)[0] in ("torchvision", "timm")})
+    names += list(extra)
     out: dict[str, str | None] = {"kd2deploy": __version__}
     for name in names:
         try:
@@ -86,32 +88,38 @@ def _key_of(material: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def teacher_inputs(cfg) -> dict[str, Any]:
-    """What the teacher stage reads: seed, data, teacher, the distill keys that change the teacher, files."""
+def data_inputs(cfg) -> dict[str, Any]:
+    """What the data stage reads: the seed (splits), the data section, its file."""
     r = cfg.resolved()
-    files = {"data.path": cfg.data.path, "teacher.checkpoint": cfg.teacher.checkpoint,
-             "teacher.arch": _arch_file(cfg.teacher.arch)}
+    files = {"data.path": cfg.data.path}
+    return {"seed": r["seed"], "data": r["data"],
+            "files": {k: file_sha256(p) for k, p in files.items() if p is not None}}
+
+
+def teacher_inputs(cfg) -> dict[str, Any]:
+    """What the teacher stage reads besides the data: teacher, the distill keys that change the teacher, files."""
+    r = cfg.resolved()
+    files = {"teacher.checkpoint": cfg.teacher.checkpoint, "teacher.arch": _arch_file(cfg.teacher.arch)}
     for i, m in enumerate(cfg.teacher.ensemble):
         files[f"teacher.ensemble.{i}.checkpoint"] = m.checkpoint
         files[f"teacher.ensemble.{i}.arch"] = _arch_file(m.arch)
     archs = [cfg.teacher.arch, *(m.arch for m in cfg.teacher.ensemble)]
     return {
-        "format": CACHE_FORMAT, "stage": "teacher", "seed": r["seed"], "data": r["data"], "teacher": r["teacher"],
+        "format": CACHE_FORMAT, "seed": r["seed"], "teacher": r["teacher"],
         "distill": {k: r["distill"][k] for k in ("labelled_fraction", "teacher_labels")},
         "files": {k: file_sha256(p) for k, p in files.items() if p is not None},
-        "versions": _versions(archs),
+        "versions": versions(archs),
     }
 
 
-def students_inputs(cfg, teacher_key: str) -> dict[str, Any]:
-    """What the students stage reads: the teacher (by its key), seed, data, student, distill, files."""
+def students_inputs(cfg) -> dict[str, Any]:
+    """What the students stage reads besides the data and the teacher: seed, student, distill, files."""
     r = cfg.resolved()
-    files = {"data.path": cfg.data.path, "student.arch": _arch_file(cfg.student.arch)}
+    files = {"student.arch": _arch_file(cfg.student.arch)}
     return {
-        "format": CACHE_FORMAT, "stage": "students", "teacher_key": teacher_key, "seed": r["seed"],
-        "data": r["data"], "student": r["student"], "distill": r["distill"],
+        "format": CACHE_FORMAT, "seed": r["seed"], "student": r["student"], "distill": r["distill"],
         "files": {k: file_sha256(p) for k, p in files.items() if p is not None},
-        "versions": _versions([cfg.student.arch]),
+        "versions": versions([cfg.student.arch]),
     }
 
 

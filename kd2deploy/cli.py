@@ -156,12 +156,24 @@ def run(
                                                        help="With --force: the stages to recompute.")] = None,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train with N processes on this machine: "
                                               "runs this command under torchrun --nproc-per-node N.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (as `kd2deploy plan`) and stop.")] = False,
 ) -> None:
     """Run a pipeline: train, distil, export, benchmark, measure energy, write the report.
 
     The teacher and students stages are reused from <out>/.cache/ when nothing they depend on changed.
     """
+    if dry_run:
+        plan(pipeline, out, set_, force, stages)
+        return
     if nproc is not None:
+        from kd2deploy.config import load_config
+        from kd2deploy.errors import ConfigError
+        from kd2deploy.tasks.base import task_of
+
+        cfg = load_config(pipeline, set_)
+        if not task_of(cfg).capabilities.distributed:
+            raise ConfigError(f"--nproc: task {cfg.task} does not support distributed training yet; run it "
+                              "without --nproc")
         from kd2deploy.launch import launch, strip_nproc
 
         argv = sys.argv[1:] if "run" in sys.argv[1:] else ["run", str(pipeline)]
@@ -195,6 +207,34 @@ def run(
     console.print(f"[bold]{res['headline']['text']}[/bold]")
     console.print(f"report: {result.dir / 'report.html'}")
     console.print(f"wall time: {res['run']['wall_s']:.1f} s")
+
+
+@app.command()
+@handle_errors
+def plan(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder that holds runs/ and the stage cache.")] = Path("runs"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value: key.path=value.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="As for run: plan with cached stages recomputed.")] = False,
+    stages: Annotated[list[str] | None, typer.Argument(metavar="STAGE", show_default=False,
+                                                       help="With --force: the stages to recompute.")] = None,
+) -> None:
+    """Print the stages `kd2deploy run` would run, in order, and which it would reuse from the cache and why."""
+    from rich.table import Table
+
+    from kd2deploy.cache import resolve_force
+    from kd2deploy.config import load_config
+    from kd2deploy.engine.plan import plan_pipeline
+    from kd2deploy.ui import console
+
+    forced = resolve_force(stages or True) if force else frozenset()
+    cfg = load_config(pipeline, set_)
+    table = Table(title=f"plan of {pipeline} (task {cfg.task}, cache {out / '.cache'})")
+    for col in ("stage", "action", "why", "key", "ranks"):
+        table.add_column(col)
+    for row in plan_pipeline(cfg, out, forced):
+        table.add_row(row.name, row.action, row.why, (row.key or "")[:12], row.ranks)
+    console.print(table)
 
 
 @app.command()

@@ -31,7 +31,7 @@ from kd2deploy.errors import ConfigError
 from kd2deploy.export.variants import VariantsConfig
 from kd2deploy.ship.guard import ShipPolicy
 from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
-from kd2deploy.text.config import REFUSED_VARIANT_KINDS, TextConfig
+from kd2deploy.tasks.text.config import TextConfig
 
 
 def _existing_path(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -358,6 +358,10 @@ class ReportConfig(Strict):
     )
 
 
+TENSOR_SECTIONS = frozenset({"data", "teacher", "student", "distill"})  # the tensor task's own sections
+TASK_SECTIONS = ("text",)  # sections that belong to one task each
+
+
 class PipelineConfig(Strict):
     """A whole pipeline: data -> teacher -> student (KD + controls) -> export -> variants -> benchmark -> energy
     -> ship -> report."""
@@ -375,27 +379,45 @@ class PipelineConfig(Strict):
     variants: VariantsConfig = Field(default_factory=VariantsConfig)
     ship: ShipPolicy = Field(default_factory=ShipPolicy)
     report: ReportConfig = Field(default_factory=ReportConfig)
-    task: Literal["tensor", "text"] = Field(
-        "tensor", description="tensor: the data/teacher/student sections; text: Hugging Face text classification")
-    text: TextConfig | None = Field(None, description="task: text only (see kd2deploy/text/config.py)")
+    task: str = Field(
+        "tensor", description="which task adapter runs the pipeline (kd2deploy/tasks/): tensor (the data / teacher / "
+        "student / distill sections) or text (Hugging Face text classification, its text section)")
+    text: TextConfig | None = Field(None, description="task: text only (see kd2deploy/tasks/text/config.py)")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from kd2deploy.tasks import TASKS
+
+        return TASKS.check(v)
 
     @model_validator(mode="after")
-    def _text_task(self) -> PipelineConfig:
-        if self.task == "text" and self.text is None:
-            raise ValueError("task 'text' needs a text section (text.data.path, text.teacher.model)")
-        if self.task != "text" and self.text is not None:
-            raise ValueError("a text section needs task: text")
-        if self.task == "text":
-            if "variants" not in self.model_fields_set:  # text default: dynamic INT8 and transformer fusions
+    def _task_sections(self) -> PipelineConfig:
+        """The task's own section is there; sections of other tasks, or tensor sections for a task with its own
+        section, are errors naming the task; what the task cannot do is refused with its reason."""
+        from kd2deploy.tasks import TASKS
+        from kd2deploy.tasks.base import check_capabilities
+
+        adapter = TASKS.get(self.task)
+        section = adapter.capabilities.section
+        for name in TASK_SECTIONS:
+            if name != section and getattr(self, name) is not None:
+                raise ValueError(f"a {name} section needs task: {name}; this pipeline's task is {self.task}")
+        if section is not None:
+            if getattr(self, section) is None:
+                raise ValueError(f"task {self.task!r} needs a {section} section")
+            stray = sorted(TENSOR_SECTIONS & self.model_fields_set)
+            if stray:
+                raise ValueError(f"{stray[0]}: does not apply to task {self.task}; its settings live in the "
+                                 f"{section} section ({section}.{stray[0]})")
+            if "variants" not in self.model_fields_set:  # default for transformers: dynamic INT8 and fusions
                 from kd2deploy.export.variants import Int8DynamicSpec, TransformerFusionSpec, VariantsConfig
 
                 self.__dict__["variants"] = VariantsConfig(
                     variants=[Int8DynamicSpec(), TransformerFusionSpec()], apply_to=["student"])
-            for spec in self.variants.variants:
-                if spec.kind in REFUSED_VARIANT_KINDS:
-                    raise ValueError(f"variants: kind {spec.kind!r} is not supported for task text "
-                                     f"({REFUSED_VARIANT_KINDS[spec.kind]}); allowed: int8-dynamic, "
-                                     "transformer-fusion, optimized")
+        problems = check_capabilities(self, adapter.capabilities, self.task)
+        if problems:
+            raise ValueError(problems[0])
         return self
 
     @model_validator(mode="after")

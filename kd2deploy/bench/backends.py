@@ -420,17 +420,18 @@ class TorchEagerBackend:
         device = self.device
 
         def runner(x: Inputs) -> Runner:
-            if isinstance(x, Mapping):
-                raise ValueError(f"backend {self.name!r} takes one input array, got a dict")
-            t = torch.from_numpy(np.ascontiguousarray(x)).to(device=device)
-            if t.is_floating_point():
-                t = t.to(dtype)
+            def tensor(a):
+                t = torch.from_numpy(np.ascontiguousarray(a)).to(device=device)
+                return t.to(dtype) if t.is_floating_point() else t
+
+            # One array is the only input; a dict (e.g. input_ids, attention_mask) goes in by keyword.
+            args, kwargs = ((), {k: tensor(v) for k, v in x.items()}) if isinstance(x, Mapping) else ((tensor(x),), {})
             if device == "cuda":
                 torch.cuda.synchronize()
 
                 def run_cuda() -> object:
                     with torch.inference_mode():
-                        out = module(t)
+                        out = module(*args, **kwargs)
                     torch.cuda.synchronize()
                     return out
 
@@ -438,7 +439,7 @@ class TorchEagerBackend:
 
             def run_cpu() -> object:
                 with torch.inference_mode():
-                    return module(t)
+                    return module(*args, **kwargs)
 
             return run_cpu
 

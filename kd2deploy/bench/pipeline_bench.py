@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from kd2deploy import ui
 from kd2deploy.errors import StageError
 
@@ -24,18 +22,11 @@ def harness_settings(cfg) -> Any:
     )
 
 
-def _inputs(run, batch_sizes) -> dict[int, np.ndarray]:
-    """Prebuilt batches of real test inputs (rows repeat when a batch exceeds the test split)."""
-    from kd2deploy.bench.harness import batch_inputs
-
-    return {b: batch_inputs(run.data.x_test, b) for b in batch_sizes}
-
-
-def _runners(run, settings, inputs) -> tuple[dict[str, dict[int, Any]], dict[str, Any], list[dict]]:
+def _runners(state, settings, inputs) -> tuple[dict[str, dict[int, Any]], dict[str, Any], list[dict]]:
     """Runners per (model label, batch size) for every configured backend; skipped backends with reasons."""
     from kd2deploy.bench.backends import BACKENDS
 
-    cfg = run.cfg.benchmark
+    cfg = state.cfg.benchmark
     runners: dict[str, dict[int, Any]] = {}
     setup: dict[str, Any] = {}
     skipped: list[dict] = []
@@ -50,91 +41,104 @@ def _runners(run, settings, inputs) -> tuple[dict[str, dict[int, Any]], dict[str
             continue
         for model in COMPARED:
             label = model if backend_name == "onnxruntime-cpu" else f"{model}@{backend_name}"
-            loaded = backend.load(run.onnx[model], settings, batch_sizes=tuple(inputs))
+            source = state.onnx[model] if not backend_name.startswith("torch") else getattr(state, model)
+            loaded = backend.load(source, settings, batch_sizes=tuple(inputs))
             runners[label] = {b: loaded.runner(x) for b, x in inputs.items()}
             setup[label] = {"backend": backend_name, "model": model, "setup_s": loaded.setup_s, **loaded.info}
-    if run.variants:
+    if state.variants:
         # Compressed variants on onnxruntime's CPU provider (the target of INT8); an A/A control per FP32 model
         # with variants (the same file in a second session) at the batch the shipping guard judges, so the
         # guard knows how far two identical models differ here.
         ort_cpu = BACKENDS.get("onnxruntime-cpu")
-        for label, (_, path) in run.variants.items():
+        for label, (_, path) in state.variants.items():
             loaded = ort_cpu.load(path, settings, batch_sizes=tuple(inputs))
             runners[label] = {b: loaded.runner(x) for b, x in inputs.items()}
             setup[label] = {"backend": "onnxruntime-cpu", "model": label, "setup_s": loaded.setup_s, **loaded.info}
-        b = run.cfg.ship.batch_size
-        for model in dict.fromkeys(m for m, _ in run.variants.values()):
-            loaded = ort_cpu.load(run.onnx[model], settings, batch_sizes=(b,))
+        b = state.cfg.ship.batch_size
+        for model in dict.fromkeys(m for m, _ in state.variants.values()):
+            loaded = ort_cpu.load(state.onnx[model], settings, batch_sizes=(b,))
             runners[f"{model}@aa"] = {b: loaded.runner(inputs[b])}
             setup[f"{model}@aa"] = {"backend": "onnxruntime-cpu", "model": model, "setup_s": loaded.setup_s,
                                     "control": "A/A: the FP32 file again in a second session", **loaded.info}
     if cfg.torch_baseline:
         label = "teacher@torch-eager-cpu"
-        loaded = BACKENDS.get("torch-eager-cpu").load(run.teacher, settings, batch_sizes=tuple(inputs))
+        loaded = BACKENDS.get("torch-eager-cpu").load(state.teacher, settings, batch_sizes=tuple(inputs))
         runners[label] = {b: loaded.runner(x) for b, x in inputs.items()}
         setup[label] = {"backend": "torch-eager-cpu", "model": "teacher", "setup_s": loaded.setup_s, **loaded.info}
     return runners, setup, skipped
 
 
-def benchmark_models(run, progress) -> dict[str, Any]:
-    """Latency of teacher and student, interleaved round by round, at every configured batch size."""
-    from kd2deploy.bench.flops import count_flops
+def benchmark_models(state, progress) -> dict[str, Any]:
+    """Latency of teacher and student (and variants, baselines), interleaved round by round, at every configured
+    batch size and every input shape the task sweeps (the first shape is the primary one)."""
     from kd2deploy.bench.harness import count_windows, measure, peak_flops_probe, ratios, strip_samples
     from kd2deploy.bench.memory import METHOD, measure_memory
 
-    cfg = run.cfg.benchmark
+    cfg = state.cfg.benchmark
+    task = state.task
     settings = harness_settings(cfg)
-    inputs = _inputs(run, cfg.batch_sizes)
-    biggest = inputs[max(inputs)]
-    files = {**{name: run.onnx[name] for name in COMPARED}, **{label: p for label, (_, p) in run.variants.items()}}
-    memory = {label: measure_memory(path, settings, len(biggest)) for label, path in files.items()}
-    runners, setup, skipped = _runners(run, settings, inputs)
-    task = progress.add_task("benchmark", total=count_windows(runners, settings), info="")
-    results = measure(runners, settings, keep_samples=True,
-                      progress=lambda label: progress.update(task, advance=1, info=label))
-    pairs = [("teacher", "student")]
-    if "teacher@torch-eager-cpu" in runners:
-        pairs.append(("teacher@torch-eager-cpu", "student"))
-    pairs += [(model, label) for label, (model, _) in run.variants.items()]
-    ratio_rows = []
-    for num, den in pairs:
-        for r in ratios(results, num, den, bootstrap=settings.bootstrap, seed=settings.seed):
-            ratio_rows.append({"numerator": num, "denominator": den, **r})
-    peak = peak_flops_probe(threads=settings.intra_op_threads)
-    import torch
+    shapes = task.bench_shapes()
+    files = {**{name: state.onnx[name] for name in COMPARED},
+             **{label: p for label, (_, p) in state.variants.items()}}
+    biggest = max(cfg.batch_sizes)
+    memory = {label: measure_memory(path, settings, biggest) for label, path in files.items()}
+    results, ratio_rows, setup, skipped = [], [], {}, []
+    for shape in shapes:
+        inputs = {b: task.bench_inputs(b, shape) for b in cfg.batch_sizes}
+        runners, setup, skipped = _runners(state, settings, inputs)
+        desc = "".join(f" {k} {v}" for k, v in shape.items())
+        ptask = progress.add_task("benchmark" + desc, total=count_windows(runners, settings), info="")
+        rows = measure(runners, settings, keep_samples=True,
+                       progress=lambda label, ptask=ptask: progress.update(ptask, advance=1, info=label))
+        for r in rows:
+            r.update(shape)
+        pairs = [("teacher", "student")]
+        if "teacher@torch-eager-cpu" in runners:
+            pairs.append(("teacher@torch-eager-cpu", "student"))
+        pairs += [(model, label) for label, (model, _) in state.variants.items()]
+        for num, den in pairs:
+            for r in ratios(rows, num, den, bootstrap=settings.bootstrap, seed=settings.seed):
+                ratio_rows.append({"numerator": num, "denominator": den, **shape, **r})
+        results += rows
+    primary = shapes[0]
 
-    example = torch.from_numpy(run.data.x_test[:1].copy())
+    def is_primary(r: dict[str, Any]) -> bool:
+        return all(r.get(k) == v for k, v in primary.items())
+
+    peak = peak_flops_probe(threads=settings.intra_op_threads)
     models = {}
-    for name, module in (("teacher", run.teacher), ("student", run.student)):
-        flops = count_flops(module, example)
-        models[name] = {
-            "params": sum(p.numel() for p in module.parameters()),
-            "flops_per_sample": flops,
-            "size_bytes": run.onnx[name].stat().st_size,
-            "floor_us": flops / peak * 1e6 if peak else None,
-            "memory": memory[name],
-        }
-    for label, (model, path) in run.variants.items():
+    for name in COMPARED:
+        facts = task.facts(state, name, getattr(state, name))
+        flops = facts.get("flops_per_sample")
+        models[name] = {**facts, "size_bytes": state.onnx[name].stat().st_size,
+                        "floor_us": flops / peak * 1e6 if peak and flops else None, "memory": memory[name]}
+    for label, (model, path) in state.variants.items():
         models[label] = {**models[model], "variant_of": model, "size_bytes": path.stat().st_size,
                          "floor_us": None, "memory": memory[label]}  # INT8/FP16 arithmetic: no FP32 floor
-    run.latency = results
+    state.latency = [r for r in results if is_primary(r)]
     warnings = [f"benchmark window of {r['model']} at batch {r['batch_size']} was cut short"
                 for r in results if r.get("window_short")]
     warnings += [f"peak memory of {label} not measured: {m['error']}" for label, m in memory.items() if "error" in m]
-    run.results["warnings"].extend(warnings)
-    p50 = {(r["model"], r["batch_size"]): r["p50_us"] for r in results}
+    for w in warnings:
+        state.warn(w)
+    p50 = {(r["model"], r["batch_size"]): r["p50_us"] for r in state.latency}
     b0 = cfg.batch_sizes[0]
-    ui.step(f"benchmark (onnxruntime CPU, {cfg.intra_op_threads} thread(s), batch {b0}, p50): "
+    ui.step(f"benchmark (onnxruntime CPU, {cfg.intra_op_threads} thread(s), batch {b0}"
+            + "".join(f", {k} {v}" for k, v in primary.items()) + f", p50): "
             f"teacher {p50[('teacher', b0)]:.1f} µs, student {p50[('student', b0)]:.1f} µs")
+    stripped = strip_samples(results)
     return {
         "settings": {**settings.__dict__, "backends": cfg.backends, "torch_baseline": cfg.torch_baseline,
-                     "batch_sizes": cfg.batch_sizes, "percentiles": [50, 90, 99],
+                     "batch_sizes": cfg.batch_sizes, "shapes": shapes, "percentiles": [50, 90, 99],
                      "timer": "time.perf_counter_ns around each run call",
-                     "inputs": "real test-split samples, prebuilt"},
+                     "inputs": "real test-split samples, prebuilt" + ("".join(
+                         f"; {k} fixed per window" for k in primary))},
         "setup": setup,
         "skipped": skipped,
-        "results": strip_samples(results),
-        "ratios": ratio_rows,
+        "results": [r for r in stripped if is_primary(r)],
+        "results_all": stripped,
+        "ratios": [r for r in ratio_rows if is_primary(r)],
+        "ratios_all": ratio_rows,
         "models": models,
         "memory_method": METHOD.format(runs=5),
         "peak_flops_per_s": peak,
@@ -142,24 +146,24 @@ def benchmark_models(run, progress) -> dict[str, Any]:
     }
 
 
-def inference_energy(run, progress) -> dict[str, Any]:
+def inference_energy(state, progress) -> dict[str, Any]:
     """Energy per inference of teacher and student (onnxruntime CPU), with an idle baseline."""
-    from kd2deploy.bench.harness import batch_inputs, create_ort_session, ort_runner
+    from kd2deploy.bench.harness import create_ort_session, ort_runner
     from kd2deploy.energy.meter import measure_inference_energy
 
-    cfg = run.cfg.energy
+    cfg = state.cfg.energy
     if not cfg.enabled:
         return {"enabled": False}
-    settings = harness_settings(run.cfg.benchmark)
-    x = batch_inputs(run.data.x_test, cfg.batch_size)
+    settings = harness_settings(state.cfg.benchmark)
+    x = state.task.bench_inputs(cfg.batch_size, state.task.bench_shapes()[0])
     runners = {}
     for name in COMPARED:
-        session, _ = create_ort_session(run.onnx[name], settings)
+        session, _ = create_ort_session(state.onnx[name], settings)
         runners[name] = (ort_runner(session, x), cfg.batch_size)
     n_windows = (len(runners) + int(cfg.idle_baseline)) * cfg.repeats
     task = progress.add_task("energy windows", total=n_windows, info="")
     res = measure_inference_energy(
-        run.meter, runners, cfg.window_s, cfg.repeats, idle=cfg.idle_baseline,
+        state.meter, runners, cfg.window_s, cfg.repeats, idle=cfg.idle_baseline,
         progress=lambda done, total, label: progress.update(task, completed=done, info=label),
     )
     m = res["models"]
@@ -171,18 +175,18 @@ def inference_energy(run, progress) -> dict[str, Any]:
     res["ratio_gross"] = ratio("j_per_inference_gross")
     res["ratio_active"] = ratio("j_per_inference_active")
     if cfg.idle_baseline and res["ratio_active"] is None:
-        run.results["warnings"].append(
+        state.warn(
             "idle-subtracted (active) energy per inference was not above the idle baseline for every model "
             f"(windows of {cfg.window_s:g} s x {cfg.repeats}); the headline uses gross energy. Lengthen "
             "energy.window_s or energy.repeats to resolve it.")
-    res["training"] = [r.as_dict() for r in run.meter.records if r.label.startswith("train:")]
-    reused = [rec["energy"] for rec in (run.results["models"]["teacher"], run.results["distill"])
+    res["training"] = [r.as_dict() for r in state.meter.records if r.label.startswith("train:")]
+    reused = [rec["energy"] for rec in (state.results["models"]["teacher"], state.results["distill"])
               if (rec.get("energy") or {}).get("reused")]  # trained in an earlier run: named, not counted
     order = ["train:teacher", "train:students"]
     res["training"] = sorted(res["training"] + reused, key=lambda t: order.index(t["label"])
                              if t["label"] in order else len(order))
     if res["label"] == "modelled":
-        run.results["warnings"].append(
+        state.warn(
             "energy figures are modelled, not measured: " + res["explanation"])
     basis = "active" if res["ratio_active"] else "gross"
     ratio_v = res["ratio_active"] or res["ratio_gross"]

@@ -65,8 +65,9 @@ def sweep_pipeline(cfg, temperatures: list[float], alphas: list[float], out: Pat
     from kd2deploy.distill.teacher import teacher_logits_of
     from kd2deploy.distill.transfer import Perturb
     from kd2deploy.energy.meter import EnergyMeter
-    from kd2deploy.pipeline import Run, _build, _labelled, _masked_labels, _wrap, stage_data, stage_teacher
+    from kd2deploy.engine.state import RunState
     from kd2deploy.rundir import new_run_dir, write_json
+    from kd2deploy.tasks.tensor.adapter import TensorTask
 
     d = cfg.distill
     if d.terms:
@@ -76,16 +77,16 @@ def sweep_pipeline(cfg, temperatures: list[float], alphas: list[float], out: Pat
     if bad or not temperatures or not alphas:
         raise ConfigError(f"sweep: temperatures must be > 0 and alphas in [0, 1]; got {temperatures}, {alphas}")
     run_dir = new_run_dir(Path(out), f"{cfg.name}-sweep")
-    run = Run(cfg=cfg, dir=run_dir)
-    run.meter = EnergyMeter(run_dir / "energy", enabled=False)
+    task = TensorTask(cfg)
+    run = RunState(cfg=cfg, task=task, dir=run_dir, meter=EnergyMeter(run_dir / "energy", enabled=False))
     own_progress = progress is None
     progress = progress or ui.progress()
     with progress if own_progress else nullcontext():
-        stage_data(run)
-        stage_teacher(run, progress)
-        x_tr, _, x_va, y_va, x_te, y_te = run.tensors
+        run.results["data"] = task.load_data(run)
+        task.train_teacher(run, progress)
+        x_tr, _, x_va, y_va, x_te, y_te = task.tensors
         perturb = Perturb(d.transfer.shift_px, d.transfer.mixup_alpha)
-        labelled = _labelled(run)
+        labelled = task.labelled()
         arms = []
         for seed in d.seeds:
             if "scratch" in d.controls:
@@ -94,11 +95,11 @@ def sweep_pipeline(cfg, temperatures: list[float], alphas: list[float], out: Pat
                 arms.append(Arm("label_smoothing", seed, label_smoothing=d.control_label_smoothing))
             for t, a in itertools.product(temperatures, alphas):
                 arms.append(Arm(arm_name(t, a), seed, loss=d.loss, temperature=t, alpha=a))
-        task = progress.add_task(f"sweep: {len(arms)} students", total=len(arms) * d.train.epochs, info="")
+        ptask = progress.add_task(f"sweep: {len(arms)} students", total=len(arms) * d.train.epochs, info="")
         trained = train_arms_batched(
-            lambda: _wrap(_build(run, "student"), run), arms, (x_tr, _masked_labels(run, labelled), x_va, y_va),
+            task.new_student, arms, (x_tr, task.masked_labels(labelled), x_va, y_va),
             None if perturb.active else teacher_logits_of(run.teacher, x_tr), d.train,
-            on_epoch=lambda arm, e, m: progress.update(task, advance=1), labelled=labelled, teacher=run.teacher,
+            on_epoch=lambda arm, e, m: progress.update(ptask, advance=1), labelled=labelled, teacher=run.teacher,
             perturb=perturb)
     per_arm = evaluate_arms(arms, trained, (x_va, y_va), (x_te, y_te))
     teacher = run.results["models"]["teacher"]

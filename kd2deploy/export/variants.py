@@ -185,12 +185,13 @@ Maker = Callable[[Path, Any, Path, Path, np.ndarray], dict[str, Any]]
 MAKERS: Registry[Maker] = Registry("variant kind")
 
 
-def variant_path(src: Path, spec: _Variant, out_dir: Path) -> Path:
-    """Where :func:`make_variant` writes ``spec``'s variant of ``src``: ``out_dir/<src stem>.<name>.onnx``."""
-    return Path(out_dir) / f"{Path(src).stem}.{spec.name}.onnx"
+def variant_path(src: Path, spec: _Variant, out_dir: Path, stem: str | None = None) -> Path:
+    """Where :func:`make_variant` writes ``spec``'s variant of ``src``: ``out_dir/<stem>.<name>.onnx`` (``stem``
+    defaults to the source file's)."""
+    return Path(out_dir) / f"{stem or Path(src).stem}.{spec.name}.onnx"
 
 
-def make_variant(src: Path, spec: _Variant, out_dir: Path, calib_x: np.ndarray) -> Path:
+def make_variant(src: Path, spec: _Variant, out_dir: Path, calib_x: np.ndarray, stem: str | None = None) -> Path:
     """Makes one compressed variant of the ONNX file ``src``.
 
     The file is written under a temporary name, checked (``onnx.checker``), stamped with its settings and its
@@ -218,7 +219,7 @@ def make_variant(src: Path, spec: _Variant, out_dir: Path, calib_x: np.ndarray) 
     if not src.is_file():
         raise StageError(f"{label}: source file not found: {src}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest = variant_path(src, spec, out_dir)
+    dest = variant_path(src, spec, out_dir, stem)
     tmp = out_dir / f".{dest.stem}.tmp-{os.getpid()}.onnx"
     try:
         with tempfile.TemporaryDirectory(prefix="kd2deploy-variant-") as work, _quiet():
@@ -226,7 +227,8 @@ def make_variant(src: Path, spec: _Variant, out_dir: Path, calib_x: np.ndarray) 
             # drops sym_shape_infer_temp.onnx and a large external-data file into the current folder
             src_abs, tmp_abs = src.resolve(), tmp.resolve()  # before the chdir: relative paths name the caller's
             with contextlib.chdir(work):
-                info = MAKERS.get(spec.kind)(src_abs, spec, tmp_abs, Path(work), np.asarray(calib_x, dtype=np.float32))
+                calib = calib_x if isinstance(calib_x, dict) else np.asarray(calib_x, dtype=np.float32)
+                info = MAKERS.get(spec.kind)(src_abs, spec, tmp_abs, Path(work), calib)
             model = onnx.load(str(tmp))
             onnx.checker.check_model(model)
             meta = {
@@ -534,12 +536,19 @@ def evaluate_variant(path: Path, src_path: Path, x_test: np.ndarray, y_test: np.
     Raises:
         StageError: onnxruntime cannot run the variant on the CPU.
     """
-    from kd2deploy.export.onnx_export import onnx_logits, sha256_file
+    from kd2deploy.export.onnx_export import onnx_logits
+
+    return judge_variant(path, src_path, onnx_logits(Path(src_path), x_test), variant_logits(Path(path), x_test),
+                         y_test)
+
+
+def judge_variant(path: Path, src_path: Path, ref: np.ndarray, got: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The record of :func:`evaluate_variant` from outputs already computed: ``ref`` (the FP32 source's) and
+    ``got`` (the variant's) on the same inputs, whose labels are ``y`` (any task's feeds)."""
+    from kd2deploy.export.onnx_export import sha256_file
 
     path, src_path = Path(path), Path(src_path)
-    ref = onnx_logits(src_path, x_test)
-    got = variant_logits(path, x_test)
-    y = np.asarray(y_test)
+    y = np.asarray(y)
     diff = np.abs(ref.astype(np.float64) - got)
     acc, acc_src = float(np.mean(got.argmax(-1) == y)), float(np.mean(ref.argmax(-1) == y))
     meta = read_variant_metadata(path) or {}

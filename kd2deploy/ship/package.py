@@ -67,7 +67,8 @@ def shipped(results: dict[str, Any]) -> dict[str, Any]:
     """
     label = _get(results, "variants", "student", "selection", "shipped", default="student")
     if label == "student":
-        return {"label": "student", "file": "models/student.onnx", "variant": None,
+        return {"label": "student", "file": "models/" + _get(results, "export", "student", "path",
+                                                            default="student.onnx"), "variant": None,
                 "accuracy": _get(results, "export", "student", "parity", "accuracy_onnx"),
                 "sha256": _get(results, "export", "student", "sha256")}
     v = next(v for v in results["variants"]["student"]["variants"] if v["label"] == label)
@@ -96,6 +97,8 @@ def _labels(results: dict[str, Any]) -> str:
 
 
 def _preprocessing(results: dict[str, Any]) -> str:
+    if _get(results, "data", "preprocessing"):  # the task says how its inputs are made
+        return _get(results, "data", "preprocessing")
     standardize = _get(results, "pipeline", "resolved", "data", "standardize", default=True)
     return PREPROCESSING if standardize else PREPROCESSING_NONE
 
@@ -259,7 +262,7 @@ def write_model_card(dir: Path, results: dict[str, Any], file: str = "student.on
     return write_atomic(dir / "MODEL_CARD.md", "\n".join(lines) + "\n")
 
 
-def ship_student(results: dict[str, Any], run_dir: Path) -> Path:
+def ship_student(results: dict[str, Any], run_dir: Path, folder_name: str | None = None) -> Path:
     """Copies the shipped student (see :func:`shipped`) to ship/student.onnx, stamps its key facts, writes
     ship/MODEL_CARD.md.
 
@@ -272,7 +275,7 @@ def ship_student(results: dict[str, Any], run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     ship = shipped(results)
     src = run_dir / ship["file"]
-    dst = run_dir / "ship" / "student.onnx"
+    dst = run_dir / "ship" / (f"{folder_name}/model.onnx" if folder_name else "student.onnx")
     write_atomic(dst, src.read_bytes())  # a reader sees the old file or the whole copy, never a part
     facts = ship_facts(results, onnx_io(dst))
     stamp_onnx(dst, facts)
@@ -287,5 +290,5 @@ def ship_student(results: dict[str, Any], run_dir: Path) -> Path:
         "model_card": (dst.parent / "MODEL_CARD.md").relative_to(run_dir).as_posix(),
         "metadata": facts,
     }
-    write_model_card(dst.parent, results)
+    write_model_card(dst.parent, results, dst.name)
     return dst

@@ -7,16 +7,18 @@ import shutil
 
 import pytest
 
-from kd2deploy.cache import StageCache, resolve_force, stage_key, students_inputs, teacher_inputs
+from kd2deploy.cache import StageCache, resolve_force, teacher_inputs
 from kd2deploy.config import load_config
 from kd2deploy.errors import ConfigError
 from tests.conftest import TINY_PIPELINE
 
 
 def keys(path, *overrides: str) -> tuple[str, str]:
-    cfg = load_config(path, list(overrides))
-    t = stage_key(teacher_inputs(cfg))
-    return t, stage_key(students_inputs(cfg, t))
+    """The chained keys of the teacher and students stages (each covers its upstream stages' keys)."""
+    from kd2deploy.engine.plan import plan_pipeline
+
+    rows = {r.name: r.key for r in plan_pipeline(load_config(path, list(overrides)), cache=False)}
+    return rows["teacher"], rows["students"]
 
 
 def test_force_names():

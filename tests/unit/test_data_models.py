@@ -113,7 +113,7 @@ def test_registry_is_loud():
 def test_teacher_checkpoint_errors(tmp_path):
     import torch
 
-    from kd2deploy.pipeline import _load_checkpoint
+    from kd2deploy.tasks.tensor.models import load_checkpoint as _load_checkpoint
 
     model = build_model("cnn-small", (1, 8, 8), 10, {}, "teacher")
     good = tmp_path / "t.pt"

@@ -70,9 +70,7 @@ def test_checkpoint_is_per_member(write_pipeline, tmp_path):
 
 
 def test_terms_resolve_against_the_single_term_keys(write_pipeline):
-    from types import SimpleNamespace
-
-    from kd2deploy.pipeline import _arms, kd_terms
+    from kd2deploy.tasks.tensor.train import arms_of, kd_terms
 
     cfg = load_config(write_pipeline(
         "distill:\n  temperature: 3\n  alpha: 0.7\n  seeds: [4]\n  terms:\n    - {loss: hinton}\n"
@@ -83,8 +81,8 @@ def test_terms_resolve_against_the_single_term_keys(write_pipeline):
         {"loss": "mse-logits", "weight": 0.5, "temperature": 3.0, "alpha": 1.0},
         {"loss": "hint", "weight": 0.1, "student_layer": "features.2", "teacher_layer": "features.5"},
     ]
-    kd, scratch = _arms(SimpleNamespace(cfg=cfg))
+    kd, scratch = arms_of(cfg.distill)
     assert kd.loss == "hinton" and len(kd.terms) == 3 and kd.needs_teacher and not scratch.needs_teacher
     plain = load_config(write_pipeline("distill:\n  terms: [{loss: hinton, temperature: 4}]\n", "q.yaml"))
-    (kd, _) = _arms(SimpleNamespace(cfg=plain))
+    (kd, _) = arms_of(plain.distill)
     assert (kd.loss, kd.temperature, kd.alpha, kd.terms) == ("hinton", 4.0, 0.5, ())  # the batched fast path

@@ -6,7 +6,7 @@ import pytest
 
 from kd2deploy.config import load_config
 from kd2deploy.errors import ConfigError
-from kd2deploy.text.config import TextConfig, resolve_location
+from kd2deploy.tasks.text.config import TextConfig, resolve_location
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_schema_holds_every_default():
 
 
 def test_bad_data_file_errors_name_file_and_field(tmp_path):
-    from kd2deploy.text.data import read_records
+    from kd2deploy.tasks.text.data import read_records
 
     csv_path = tmp_path / "d.csv"
     csv_path.write_text("body,label\nhello,a\n")
@@ -113,8 +113,8 @@ def test_bad_data_file_errors_name_file_and_field(tmp_path):
 
 
 def test_labels_sorted_and_splits_seeded_and_stratified(tmp_path):
-    from kd2deploy.text.config import TextDataConfig
-    from kd2deploy.text.data import load_text_data
+    from kd2deploy.tasks.text.config import TextDataConfig
+    from kd2deploy.tasks.text.data import load_text_data
 
     rows = [f'{{"text": "t{i}", "label": "{lab}"}}' for i in range(60) for lab in ("zeta", "alpha", "mid")]
     (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")

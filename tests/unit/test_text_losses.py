@@ -1,12 +1,12 @@
-"""Hidden-state and attention distillation losses for transformers (kd2deploy/text/losses.py)."""
+"""Hidden-state and attention distillation losses for transformers (kd2deploy/tasks/text/losses.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kd2deploy.text.losses import attention_loss, hidden_loss, make_projection
-from kd2deploy.text.models import uniform_layer_map
+from kd2deploy.tasks.text.losses import attention_loss, hidden_loss, make_projection
+from kd2deploy.tasks.text.models import uniform_layer_map
 
 
 def _hidden(layers: int, width: int, seed: int, batch: int = 3, seq: int = 7) -> list[torch.Tensor]:

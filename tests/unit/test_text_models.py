@@ -1,4 +1,4 @@
-"""Student construction from a teacher of the same family (kd2deploy/text/models.py), on tiny random BERTs."""
+"""Student construction from a teacher of the same family (kd2deploy/tasks/text/models.py), on tiny random BERTs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ pytest.importorskip("transformers", reason=HF, exc_type=ImportError)  # a broken
 import torch  # noqa: E402
 
 from kd2deploy.errors import ConfigError  # noqa: E402
-from kd2deploy.text.config import TextStudentConfig  # noqa: E402
-from kd2deploy.text.models import build_student, encoder_layers, load_teacher  # noqa: E402
+from kd2deploy.tasks.text.config import TextStudentConfig  # noqa: E402
+from kd2deploy.tasks.text.models import build_student, encoder_layers, load_teacher  # noqa: E402
 from tests.hf_tiny import tiny_bert_folder  # noqa: E402
 
 
@@ -54,8 +54,8 @@ def test_distil_runs_every_term_with_a_projection(teacher):
     """One short epoch with hinton + hidden (projected, narrower student) + attention: loss finite, weights move."""
     from transformers import AutoTokenizer
 
-    from kd2deploy.text.config import TextDistillConfig
-    from kd2deploy.text.train import Encoded, distil
+    from kd2deploy.tasks.text.config import TextDistillConfig
+    from kd2deploy.tasks.text.train import Encoded, distil
     from tests.hf_tiny import tiny_texts
 
     folder = teacher.name_or_path

@@ -25,7 +25,7 @@ def latency(files: dict[str, Path], tokenizer, texts: list[str], settings, batch
     Returns the harness's results (with samples), each with ``seq_len`` added.
     """
     from kd2deploy.bench.harness import batch_inputs, create_ort_session, measure, ort_runner
-    from kd2deploy.text.export import onnx_feeds
+    from kd2deploy.tasks.text.export import onnx_feeds
 
     out = []
     for s in seq_lens:

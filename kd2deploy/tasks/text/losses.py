@@ -1,7 +1,7 @@
 """Intermediate-layer distillation losses for transformers: hidden states (TinyBERT) and attention (MiniLM).
 
 Both compare student layer j with teacher layer ``layer_map[j]`` (see
-:func:`kd2deploy.text.models.uniform_layer_map`) and ignore padding positions through ``attention_mask``.
+:func:`kd2deploy.tasks.text.models.uniform_layer_map`) and ignore padding positions through ``attention_mask``.
 """
 
 from __future__ import annotations

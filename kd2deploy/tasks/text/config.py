@@ -120,7 +120,12 @@ class TextDistillConfig(Strict):
     terms: Annotated[list[TextTerm], Field(min_length=1)] = Field(
         default_factory=lambda: [TextTerm(loss="hinton")])
     seeds: Annotated[list[int], Field(min_length=1)] = Field(
-        default_factory=lambda: [0], description="one student per seed; the first seed's student ships")
+        default_factory=lambda: [0], description="every arm trains one student per seed, all arms of a seed from "
+        "the same initial weights and batch order; the KD seed with the best validation accuracy ships")
+    controls: list[Literal["scratch", "label_smoothing"]] = Field(
+        default_factory=lambda: ["scratch"], description="the same student (same initialisation, budget and "
+        "batches) trained without the teacher: scratch = hard labels; label_smoothing = hard labels, smoothed")
+    control_label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     train: TextTrainConfig = Field(default_factory=lambda: TextTrainConfig(epochs=5, lr=1e-4))
 
     @field_validator("terms")
@@ -160,10 +165,3 @@ class TextConfig(Strict):
                              "allowed: lengths up to max_seq_len")
         return self
 
-
-# Variant kinds that make sense for transformer graphs on the CPU; others are refused with the reason.
-TEXT_VARIANT_KINDS = ("int8-dynamic", "transformer-fusion", "optimized")
-REFUSED_VARIANT_KINDS = {
-    "int8-static": "static INT8 needs calibration on tokenised inputs, not built for text yet; use int8-dynamic",
-    "fp16": "float16 is for GPU providers; the text task benchmarks on onnxruntime's CPU provider",
-}

@@ -57,10 +57,12 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
 def predict_logits(model, data: Encoded, batch_size: int = 64) -> np.ndarray:
     """Logits of ``model`` on every example of ``data`` (eval mode, order kept)."""
     model.eval()
-    out = []
-    for idx in _batches(len(data), batch_size, None):
-        out.append(model(**data.batch(idx)).logits.float().numpy())
-    return np.concatenate(out)
+    order = np.argsort([len(r) for r in data.ids], kind="stable")  # similar lengths together: less padding
+    out = np.concatenate([model(**data.batch(order[i: i + batch_size])).logits.float().numpy()
+                          for i in range(0, len(order), batch_size)])
+    logits = np.empty_like(out)
+    logits[order] = out
+    return logits
 
 
 def accuracy(model, data: Encoded) -> float:
@@ -79,21 +81,45 @@ def _optimizer(params, train_cfg, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+class History:
+    """What a text training loop returns besides the model: per-epoch records and the training time."""
+
+    def __init__(self, epochs: list[dict], train_time_s: float):
+        self.epochs, self.train_time_s = epochs, train_time_s
+
+
 def _loop(model, params, train: Encoded, val: Encoded, train_cfg, seed: int, step_loss: Callable,
-          on_epoch: Callable[[int, dict], None] | None) -> tuple[Any, list[dict]]:
-    """Shared epoch loop; keeps the weights of the epoch with the best validation accuracy."""
+          on_epoch: Callable[[int, dict], None] | None, checkpoint=None, extra=None) -> tuple[Any, list[dict]]:
+    """Shared epoch loop; keeps the weights of the epoch with the best validation accuracy.
+
+    With ``checkpoint`` (a :class:`kd2deploy.distill.resume.Slot`) the loop saves everything it needs at the end
+    of every epoch (weights, ``extra`` module such as a projection, optimiser, schedule, batch-order generator,
+    torch RNG, history, best weights) and continues from the last complete epoch when the slot holds one.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     steps = train_cfg.epochs * math.ceil(len(train) / train_cfg.batch_size)
     opt, sched = _optimizer(params, train_cfg, steps)
     history: list[dict] = []
     best, best_acc = None, -1.0
-    for epoch in range(1, train_cfg.epochs + 1):
+    start = 1
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        if extra is not None:
+            extra.load_state_dict(saved["extra"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        history, best, best_acc = saved["history"], saved["best"], saved["best_acc"]
+        start = int(saved["epoch"]) + 1
+    for epoch in range(start, train_cfg.epochs + 1):
         model.train()
         t0, losses = time.perf_counter(), []
         for idx in _batches(len(train), train_cfg.batch_size, rng):
             batch = train.batch(idx)
-            loss = step_loss(batch, train.labels[idx])
+            loss = step_loss(batch, train.labels[idx], idx)
             if not torch.isfinite(loss):
                 raise StageError(f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -108,6 +134,11 @@ def _loop(model, params, train: Encoded, val: Encoded, train_cfg, seed: int, ste
         log.info("epoch %d loss %.4f val acc %.4f (%.1f s)", epoch, m["loss"], val_acc, m["seconds"])
         if val_acc > best_acc:
             best, best_acc = copy.deepcopy(model.state_dict()), val_acc
+        if checkpoint is not None:
+            checkpoint.save(epoch, {
+                "model": model.state_dict(), "extra": extra.state_dict() if extra is not None else None,
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "history": history, "best": best, "best_acc": best_acc})
         if on_epoch:
             on_epoch(epoch, m)
     model.load_state_dict(best)
@@ -115,22 +146,28 @@ def _loop(model, params, train: Encoded, val: Encoded, train_cfg, seed: int, ste
     return model, history
 
 
-def fine_tune(model, train: Encoded, val: Encoded, train_cfg, seed: int, on_epoch=None):
-    """Cross-entropy fine-tuning of the whole teacher (its new head and encoder)."""
+def fine_tune(model, train: Encoded, val: Encoded, train_cfg, seed: int, on_epoch=None, checkpoint=None,
+              label_smoothing: float = 0.0):
+    """Cross-entropy fine-tuning of the whole model (the teacher's new head and encoder; or a control student on
+    hard labels, optionally smoothed)."""
     import torch.nn.functional as F
 
-    def step_loss(batch, y):
-        return F.cross_entropy(model(**batch).logits, y)
+    def step_loss(batch, y, idx):
+        return F.cross_entropy(model(**batch).logits, y, label_smoothing=label_smoothing)
 
     return _loop(model, [p for p in model.parameters() if p.requires_grad], train, val, train_cfg, seed,
-                 step_loss, on_epoch)
+                 step_loss, on_epoch, checkpoint)
 
 
 def distil(student, teacher, train: Encoded, val: Encoded, distill_cfg, layer_map: list[int], seed: int,
-           on_epoch=None):
-    """Trains ``student`` on the weighted terms of ``distill_cfg`` (TextDistillConfig) against ``teacher``."""
+           on_epoch=None, checkpoint=None, teacher_logits: torch.Tensor | None = None):
+    """Trains ``student`` on the weighted terms of ``distill_cfg`` (TextDistillConfig) against ``teacher``.
+
+    ``teacher_logits`` (the teacher's logits on every training example, in order) replace the teacher's forward
+    pass when no term needs its hidden states or attentions (logit terms only).
+    """
     from kd2deploy.distill.losses import hard_ce, hinton_loss
-    from kd2deploy.text.losses import attention_loss, hidden_loss, make_projection
+    from kd2deploy.tasks.text.losses import attention_loss, hidden_loss, make_projection
 
     terms = {t.loss: t.weight for t in distill_cfg.terms}
     want_hidden, want_attn = "hidden" in terms, "attention" in terms
@@ -140,13 +177,19 @@ def distil(student, teacher, train: Encoded, val: Encoded, distill_cfg, layer_ma
     teacher.eval()
     kw = {"output_hidden_states": want_hidden, "output_attentions": want_attn}
 
-    def step_loss(batch, y):
-        with torch.no_grad():
-            t_out = teacher(**batch, **kw)
+    online = want_hidden or want_attn or teacher_logits is None
+
+    def step_loss(batch, y, idx):
+        if online:
+            with torch.no_grad():
+                t_out = teacher(**batch, **kw)
+            t_logits = t_out.logits
+        else:
+            t_logits = teacher_logits[torch.as_tensor(idx)]
         s_out = student(**batch, **kw)
         loss = s_out.logits.new_zeros(())
         if "hinton" in terms:
-            loss = loss + terms["hinton"] * hinton_loss(s_out.logits, t_out.logits, y,
+            loss = loss + terms["hinton"] * hinton_loss(s_out.logits, t_logits, y,
                                                         temperature=distill_cfg.temperature,
                                                         alpha=distill_cfg.alpha)
         if "ce" in terms:
@@ -159,4 +202,4 @@ def distil(student, teacher, train: Encoded, val: Encoded, distill_cfg, layer_ma
                                                               batch["attention_mask"])
         return loss
 
-    return _loop(student, params, train, val, distill_cfg.train, seed, step_loss, on_epoch)
+    return _loop(student, params, train, val, distill_cfg.train, seed, step_loss, on_epoch, checkpoint, projection)

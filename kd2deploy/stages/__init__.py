@@ -1,0 +1,43 @@
+"""The shared stages, in run order: one file each, one line each in ``STAGES`` below.
+
+Every stage calls the run's task adapter for what depends on the task (:mod:`kd2deploy.tasks.base`) and never
+asks which task it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kd2deploy.engine.stage import Stage
+from kd2deploy.stages.benchmark import BenchmarkStage
+from kd2deploy.stages.checks import ChecksStage
+from kd2deploy.stages.data import DataStage
+from kd2deploy.stages.energy import EnergyStage
+from kd2deploy.stages.export import ExportStage
+from kd2deploy.stages.report import ReportStage
+from kd2deploy.stages.ship import ShipStage
+from kd2deploy.stages.students import StudentsStage
+from kd2deploy.stages.teacher import TeacherStage
+from kd2deploy.stages.variants import VariantsStage
+
+STAGES: tuple[type[Stage], ...] = (
+    DataStage,
+    ChecksStage,
+    TeacherStage,
+    StudentsStage,
+    ExportStage,
+    VariantsStage,
+    BenchmarkStage,
+    EnergyStage,
+    ShipStage,
+    ReportStage,
+)
+
+
+def stages_for(cfg: Any) -> list[Stage]:
+    """The stages of a run of ``cfg``, in order."""
+    return [cls() for cls in STAGES]
+
+
+def stage_names() -> list[str]:
+    return [cls.name for cls in STAGES]

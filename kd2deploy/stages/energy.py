@@ -1,0 +1,15 @@
+"""Energy per inference of teacher and student (CodeCarbon windows with an idle baseline)."""
+
+from __future__ import annotations
+
+from kd2deploy.engine.stage import BaseStage
+
+
+class EnergyStage(BaseStage):
+    name = "energy"
+    requires = ("export",)
+
+    def run(self, state, progress) -> None:
+        from kd2deploy.bench.pipeline_bench import inference_energy
+
+        state.results["energy"] = inference_energy(state, progress)

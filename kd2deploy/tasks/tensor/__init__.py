@@ -1,0 +1,1 @@
+"""``task: tensor``: numpy arrays in, class logits out."""

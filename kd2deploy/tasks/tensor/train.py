@@ -1,0 +1,272 @@
+"""The tensor task's teacher and students: training (with resume), cache restore, arms and their summary."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kd2deploy import ui
+from kd2deploy.engine.state import writes
+from kd2deploy.errors import StageError
+from kd2deploy.rundir import save_torch_atomic
+
+if TYPE_CHECKING:
+    from kd2deploy.engine.state import RunState
+    from kd2deploy.tasks.tensor.adapter import TensorTask
+
+log = logging.getLogger("kd2deploy")
+
+
+def guarded(state: RunState, train):
+    """Runs ``train()``; if the loss diverges, saves the diverged model's last good weights (inner model, as the
+    other checkpoints) to ``checkpoints/<model>.last_good.pt`` and re-raises naming the model, epoch and file."""
+    from kd2deploy.distill.train import DivergedError
+
+    try:
+        return train()
+    except DivergedError as e:
+        path = state.path("checkpoints", f"{e.name.replace(' ', '_').replace('/', '_')}.last_good.pt")
+        if e.state is not None and writes():
+            prefix = "model."  # the Standardized wrapper's prefix: checkpoints hold the inner model
+            save_torch_atomic({k.removeprefix(prefix): v for k, v in e.state.items() if k.startswith(prefix)}, path)
+        raise StageError(f"{e} The last good weights are in {path.relative_to(state.dir)}.") from e
+
+
+def teacher_files(task: TensorTask) -> list[str]:
+    n = len(task.cfg.teacher.ensemble)
+    return [f"teacher_member{i}.pt" for i in range(n)] if n else ["teacher.pt"]
+
+
+def _train_member(task: TensorTask, state: RunState, progress, m: dict[str, Any], label: str,
+                  labelled) -> tuple[Any, dict]:
+    """Builds one teacher (or ensemble member), trains it or loads its checkpoint; returns (module, record)."""
+    import torch
+
+    from kd2deploy.distill.train import evaluate, fit
+    from kd2deploy.models.nets import count_params
+    from kd2deploy.tasks.tensor.models import load_checkpoint
+
+    x_tr, _, x_va, y_va, x_te, y_te = task.tensors
+    torch.manual_seed(m["seed"])
+    inner = task.build_arch(m["arch"], m["kwargs"], "teacher")
+    record: dict[str, Any] = {"arch": m["arch"], "seed": m["seed"], "params": count_params(inner)}
+    if m["checkpoint"] is not None:
+        load_checkpoint(inner, m["checkpoint"])
+        model = task.wrap(inner)
+        task.check_logits(model, "teacher", m["arch"])
+        record.update(source="checkpoint", checkpoint=str(m["checkpoint"]), curve=[])
+    else:
+        model = task.wrap(inner)
+        task.check_logits(model, "teacher", m["arch"])
+        own = labelled if task.cfg.distill.teacher_labels == "labelled" else None
+        ptask = progress.add_task(label, total=m["train"].epochs, info="")
+        resume = state.resumes.get("teacher")
+        hist = guarded(state, lambda: fit(
+            model, x_tr, task.masked_labels(own), x_va, y_va, m["train"], m["seed"], name=label, pool=own,
+            checkpoint=resume.slot(label) if resume is not None else None,
+            on_epoch=lambda e, mt: progress.update(ptask, completed=e, info=f"val acc {mt['val_acc']:.3f}")))
+        record.update(source="trained", curve=hist.epochs, train_time_s=hist.train_time_s)
+    record["test_accuracy_torch"] = evaluate(model, x_te, y_te)["acc"]
+    record["val_accuracy_torch"] = evaluate(model, x_va, y_va)["acc"]
+    return model, record
+
+
+def train_teacher(task: TensorTask, state: RunState, progress) -> list[str]:
+    """Trains (or loads) the teacher — or every member of an ensemble — and records what it saw."""
+    from kd2deploy.distill.teacher import EnsembleTeacher
+    from kd2deploy.distill.train import evaluate
+
+    cfg = task.cfg.teacher
+    labelled = task.labelled()
+    members = cfg.members(task.cfg.seed)
+    single = not cfg.ensemble
+    trains = any(m["checkpoint"] is None for m in members)
+    modules, records = [], []
+    names = teacher_files(task)
+    with (state.meter.track("train:teacher") if trains else nullcontext()) as energy:
+        for m, name in zip(members, names, strict=True):
+            model, rec = _train_member(task, state, progress, m, "teacher" if single else name[:-3].replace(
+                "_member", " member "), labelled)
+            modules.append(model)
+            records.append(rec)
+            if writes():
+                save_torch_atomic(model.model.state_dict(), state.path("checkpoints", name))
+    n_train = len(task.tensors[1])
+    seen = "all" if labelled is None or task.cfg.distill.teacher_labels == "all" else "labelled"
+    trained_on = {"labels": seen, "n_labelled": n_train if seen == "all" else len(labelled), "n_train": n_train}
+    if single:
+        record = records[0]
+        record.pop("seed")
+        teacher = modules[0]
+    else:
+        _, _, x_va, y_va, x_te, y_te = task.tensors
+        teacher = EnsembleTeacher(modules)
+        record = {
+            "arch": "ensemble(" + ", ".join(r["arch"] for r in records) + ")",
+            "params": sum(r["params"] for r in records),
+            "source": "trained" if trains else "checkpoint", "curve": [], "members": records,
+            "train_time_s": sum(r.get("train_time_s", 0.0) for r in records),
+            "test_accuracy_torch": evaluate(teacher, x_te, y_te)["acc"],
+            "val_accuracy_torch": evaluate(teacher, x_va, y_va)["acc"],
+            "combine": "mean of the members' softmax probabilities (at T for distillation, T=1 for prediction)",
+        }
+    if trains:
+        record["energy"] = energy.as_dict()
+        record["trained_on"] = trained_on
+    state.teacher = teacher
+    state.results.setdefault("models", {})["teacher"] = record
+    say_teacher(task, record)
+    return names
+
+
+def say_teacher(task: TensorTask, record: dict[str, Any], reused: str = "") -> None:
+    members_text = "" if "members" not in record else " = " + ", ".join(
+        f"{r['arch']}/seed{r['seed']} {r['test_accuracy_torch']:.2%}" for r in record["members"])
+    seen = (record.get("trained_on") or {}).get("labels") if task.cfg.distill.labelled_fraction < 1 else None
+    ui.step(f"teacher {record['arch']} ({record['params']:,} params, {record['source']}"
+            f"{', labels: ' + seen if seen else ''}): "
+            f"test acc {record['test_accuracy_torch']:.2%}{members_text}{reused}")
+
+
+def teacher_modules(task: TensorTask, folder: Path | None = None) -> Any:
+    """The teacher module (single or ensemble) built for this run's data, loaded from ``folder`` if given."""
+    import torch
+
+    from kd2deploy.distill.teacher import EnsembleTeacher
+
+    members = task.cfg.teacher.members(task.cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # leave the global RNG as it was
+        inner = [task.build_arch(m["arch"], m["kwargs"], "teacher") for m in members]
+    if folder is not None:
+        for module, name in zip(inner, teacher_files(task), strict=True):
+            module.load_state_dict(torch.load(folder / name, map_location="cpu", weights_only=True))
+    modules = [task.wrap(m).eval() for m in inner]
+    return modules[0] if len(modules) == 1 else EnsembleTeacher(modules).eval()
+
+
+def restore_students(task: TensorTask, state: RunState, folder: Path, record: dict[str, Any]) -> None:
+    import torch
+
+    seed = record["shipped_seed"]
+    arm = record.get("shipped_arm", "kd")
+    with torch.random.fork_rng(devices=[]):
+        state.student = task.load_student(folder / f"student_{arm}_seed{seed}.pt")
+        state.scratch = (task.load_student(folder / f"student_scratch_seed{seed}.pt")
+                         if "scratch" in record["arms"] else None)
+
+
+def kd_terms(d) -> list[dict[str, Any]]:
+    """The KD student's loss terms, resolved: ``distill.terms``, or the one term ``loss/temperature/alpha``."""
+    if not d.terms:
+        return [{"loss": d.loss, "weight": 1.0, "temperature": d.temperature, "alpha": d.alpha}]
+    out = []
+    for t in d.terms:
+        if t.loss == "hint":
+            out.append({"loss": "hint", "weight": t.weight, "student_layer": t.student_layer,
+                        "teacher_layer": t.teacher_layer})
+        elif t.loss == "ce":
+            out.append({"loss": "ce", "weight": t.weight})
+        else:
+            out.append({"loss": t.loss, "weight": t.weight,
+                        "temperature": d.temperature if t.temperature is None else t.temperature,
+                        "alpha": d.alpha if t.alpha is None else t.alpha})
+    return out
+
+
+def arms_of(d):
+    """The (arm, seed) students of the comparison: KD and each control, per seed."""
+    from kd2deploy.distill.arms import Arm
+    from kd2deploy.distill.terms import Term
+
+    terms = kd_terms(d)
+    logit = [t for t in terms if t["loss"] not in ("hint", "ce")]
+    simple = len(terms) == 1 and logit and terms[0]["weight"] == 1.0
+    arms = []
+    for seed in d.seeds:
+        if simple:
+            arms.append(Arm("kd", seed, loss=logit[0]["loss"], temperature=logit[0]["temperature"],
+                            alpha=logit[0]["alpha"]))
+        else:
+            first = logit[0] if logit else {"loss": "hint", "temperature": 1.0, "alpha": 0.0}
+            arms.append(Arm("kd", seed, loss=first["loss"], temperature=first["temperature"], alpha=first["alpha"],
+                            terms=tuple(Term(**t) for t in terms)))
+        if "scratch" in d.controls:
+            arms.append(Arm("scratch", seed))
+        if "label_smoothing" in d.controls:
+            arms.append(Arm("label_smoothing", seed, label_smoothing=d.control_label_smoothing))
+    return arms
+
+
+def teacher_logits(task: TensorTask, state: RunState, perturb) -> tuple[Any, dict[str, Any]]:
+    """The teacher's outputs on the transfer set: from the on-disk store (``distill.teacher_store``), computed
+    once in memory (store off, or no cache), or None when per-step perturbations make the teacher run per batch."""
+    from kd2deploy.distill import dist
+    from kd2deploy.distill.store import teacher_outputs
+    from kd2deploy.distill.teacher import teacher_logits_of
+
+    cfg = task.cfg.distill.teacher_store
+    if perturb.active:
+        if cfg.enabled:
+            log.info("teacher store not used: per-step shifts / mixup make the teacher run on every batch")
+        return None, {"used": False, "reason": "per-step shifts / mixup: the teacher runs on every batch"}
+    x_tr = task.tensors[0]
+    if not cfg.enabled or not state.use_cache:
+        why = "distill.teacher_store.enabled is false" if not cfg.enabled else "the cache is off"
+        return teacher_logits_of(state.teacher, x_tr), {"used": False, "reason": f"{why}: computed once in memory"}
+    root = Path(state.out) / ".cache" / "teacher_outputs"
+    outputs, record = teacher_outputs(state.teacher, x_tr, root, task.cfg.resolved()["data"], cfg.top_k)
+    record["used"] = True
+    record["shards"] = dist.context().world_size
+    return outputs, record
+
+
+def train_students(task: TensorTask, state: RunState, progress) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Trains every (arm, seed) student; returns (arms, trained [(model, history)], the task's distill record)."""
+    from kd2deploy.distill.arms import train_arms
+    from kd2deploy.distill.transfer import Perturb
+
+    try:
+        from kd2deploy.distill.batched import train_arms_batched as trainer
+    except ImportError:  # pragma: no cover - the batched trainer is optional
+        trainer = train_arms
+    cfg = task.cfg.distill
+    x_tr, y_tr, x_va, y_va, _, _ = task.tensors
+    perturb = Perturb(cfg.transfer.shift_px, cfg.transfer.mixup_alpha)
+    logits, store_record = teacher_logits(task, state, perturb)
+    labelled = task.labelled()
+    arms = arms_of(cfg)
+    task.check_logits(task.new_student(), "student", task.cfg.student.arch)
+    tasks = {arm.key: progress.add_task(f"student {arm.key}", total=cfg.train.epochs, info="") for arm in arms}
+
+    def on_epoch(arm, epoch, m):
+        progress.update(tasks[arm.key], completed=epoch, info=f"val acc {m['val_acc']:.3f}")
+
+    trained = guarded(state, lambda: trainer(
+        task.new_student, arms, (x_tr, task.masked_labels(labelled), x_va, y_va),
+        logits, cfg.train, on_epoch=on_epoch, labelled=labelled, teacher=state.teacher,
+        perturb=perturb, resume=state.resumes.get("students")))
+    n_train = len(y_tr)
+    n_lab = n_train if labelled is None else len(labelled)
+    teacher_rec = state.results["models"]["teacher"]
+    record = {
+        "loss": cfg.loss if not cfg.terms else "+".join(t["loss"] for t in kd_terms(cfg)),
+        "temperature": cfg.temperature, "alpha": cfg.alpha, "terms": kd_terms(cfg),
+        "student_arch": task.cfg.student.arch,
+        "teacher": {
+            "kind": "ensemble" if task.cfg.teacher.ensemble else "single",
+            "members": len(teacher_rec.get("members", [])) or 1,
+            "labels_seen": (teacher_rec.get("trained_on") or {}).get("labels", "unknown (checkpoint)"),
+        },
+        "labels": {
+            "labelled_fraction": cfg.labelled_fraction, "n_labelled": n_lab, "n_train": n_train,
+            "kd": "soft term on every training sample, hard-label term on the labelled ones only",
+            "controls": "labelled samples only, same number of steps and batch size as KD",
+        },
+        "transfer": {"shift_px": perturb.shift_px, "mixup_alpha": perturb.mixup_alpha,
+                     "teacher_outputs": "per batch, on the student's view" if perturb.active else
+                     ("from the teacher-output store" if store_record.get("key") else "computed once"),
+                     "teacher_store": store_record},
+    }
+    return arms, trained, record
