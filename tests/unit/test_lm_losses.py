@@ -89,3 +89,12 @@ def test_mixed_loss_is_alpha_weighted_and_ce_only_without_teacher():
 def test_unknown_loss_lists_valid_names():
     with pytest.raises(ValueError, match="valid names: forward_kl"):
         divergence(_logits(0), _logits(1), "kl")
+
+
+def test_rouge_l_from_rouge_score():
+    pytest.importorskip("rouge_score")
+    from kd2deploy.tasks.causal_lm.evaluate import rouge_l
+
+    r = rouge_l(["the cat sat on the mat", "a b c"], ["the cat sat on the mat", "x y z"])
+    assert r["per_prompt"] == [1.0, 0.0] and r["rougeL_f"] == 0.5
+    assert 0 < rouge_l(["the cat sat on the mat"], ["the cat lay on a mat"])["rougeL_f"] < 1

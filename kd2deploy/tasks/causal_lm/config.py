@@ -2,7 +2,7 @@
 
 Every default of the task lives here (unknown keys are errors). Paths are a normal path (relative to the
 pipeline file) or ``package:NAME/relative/path`` inside an installed package (see
-:func:`kd2deploy.text.config.resolve_location`).
+:func:`kd2deploy.tasks.text.config.resolve_location`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
-from kd2deploy.text.config import _location
+from kd2deploy.tasks.text.config import _location
 
 
 class LMTrainConfig(Strict):

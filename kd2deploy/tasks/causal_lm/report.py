@@ -97,5 +97,6 @@ def render(res: dict[str, Any]) -> str:
     L.append(f"\n## Guard\n\nShips **{g['ships']}**: {g['reason']}.\n\nShipped folder {res['shipped']['folder']} "
              f"loads with {res['shipped']['loads_with']} and generated {res['shipped']['generated_tokens']} tokens: "
              f"{res['shipped']['sample']!r}.\n")
-    L.append("## Timings (s)\n\n" + ", ".join(f"{k} {v}" for k, v in res["timings"].items()) + "\n")
+    timings = res.get("timings") or res.get("run", {}).get("stage_wall_s") or {}
+    L.append("## Timings (s)\n\n" + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + "\n")
     return "\n".join(L)

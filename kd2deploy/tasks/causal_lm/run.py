@@ -33,7 +33,7 @@ def prepare(cfg, base_dir: str | Path = ".") -> dict[str, Any]:
     """Data and teacher: tokenizer, packed splits, held prompts, the teacher and its facts."""
     from kd2deploy.tasks.causal_lm import data as D
     from kd2deploy.tasks.causal_lm import models as M
-    from kd2deploy.text.config import resolve_location
+    from kd2deploy.tasks.text.config import resolve_location
 
     loc = resolve_location(cfg.teacher.model, base_dir)
     tok = M.load_tokenizer(loc)
@@ -263,62 +263,90 @@ def ship(out_dir: Path, which: str, tokenizer, prompt_ids: list[int], new_tokens
             "sample": tok.decode(out[0, x.shape[1]:], skip_special_tokens=True)}
 
 
+# ----------------------------------------------------------------------------------------------- the steps
+# Each step reads the config, the run's working context ``ctx`` (tokenizer, splits, teacher, stores, students)
+# and writes its part of ``res`` (the future results.json). The engine adapter runs them as its stages.
+
+
+def step_data(cfg, ctx: dict[str, Any], res: dict[str, Any], base_dir: str | Path = ".") -> None:
+    ctx.update(prepare(cfg, base_dir))
+    res["data"] = {**ctx["splits"].info, "source": ctx["splits"].source, "format": ctx["splits"].format,
+                   "sequences": {k: list(v.shape) for k, v in ctx["ids"].items()}}
+
+
+def step_teacher(cfg, ctx: dict[str, Any], res: dict[str, Any], out: Path, say=None) -> None:
+    from kd2deploy.tasks.causal_lm import evaluate as E
+    from kd2deploy.tasks.causal_lm.train import teacher_store
+
+    res["teacher"] = {**ctx["teacher_facts"], "location": ctx["teacher_location"]}
+    res["teacher"]["test"] = E.evaluate(ctx["teacher"], ctx["tokenizer"], ctx["ids"]["test"], ctx["prompts"],
+                                        cfg.eval.new_tokens)
+    cache = out / ".cache"
+    ctx["transfer_ids"], res["transfer"] = transfer_set(cfg, ctx, cache / "transfer")
+    stores, res["teacher_store"] = {}, {}
+    for split, ids in (("train", ctx["transfer_ids"]), ("test", ctx["ids"]["test"])):
+        stores[split], res["teacher_store"][split] = teacher_store(ctx["teacher"], ids, cache / "teacher_outputs",
+                                                                   cfg.distill.top_k, progress=say)
+    ctx["stores"] = stores
+
+
+def step_students(cfg, ctx: dict[str, Any], res: dict[str, Any], say=None) -> None:
+    arms = train_arms(cfg, ctx, ctx["transfer_ids"], ctx["stores"], say)
+    res["runs"] = arms["runs"]
+    res["summary"] = summarize_arms(arms["runs"])
+    res["ship_choice"] = ship_choice(arms["runs"])
+    ctx["student"] = arms["students"][(res["ship_choice"]["arm"], res["ship_choice"]["seed"])]
+
+
+def step_export(cfg, ctx: dict[str, Any], res: dict[str, Any], out: Path) -> None:
+    res["export"] = export_and_check(cfg, ctx, ctx["student"], out)
+    shutil.rmtree(out / "work", ignore_errors=True)
+
+
+def step_benchmark(cfg, ctx: dict[str, Any], res: dict[str, Any], out: Path, say=None) -> None:
+    res["benchmark"] = benchmark(cfg, ctx, out, say)
+
+
+def step_ship(cfg, ctx: dict[str, Any], res: dict[str, Any], out: Path) -> None:
+    res["guard"] = guard(cfg, res["export"], res["benchmark"])
+    res["shipped"] = ship(out, res["guard"]["ships"], ctx["tokenizer"], ctx["prompts"][0].ids)
+
+
+def step_report(res: dict[str, Any], out: Path) -> str:
+    from kd2deploy.tasks.causal_lm.report import headline, render
+
+    res["headline"] = headline(res)
+    (out / "report.md").write_text(render(res))
+    return res["headline"]
+
+
 def run_causal_lm_stages(cfg, out_dir: str | Path, base_dir: str | Path = ".",
                          progress: Callable[[str], object] | None = None) -> dict[str, Any]:
-    """Runs the whole task (``cfg``: a CausalLMConfig) into ``out_dir``; returns and writes ``results.json``
-    and ``report.md``. The teacher-output store and a sequence-level transfer set are reused across runs from
-    ``out_dir/.cache``."""
+    """Runs the whole task (``cfg``: a CausalLMConfig) into ``out_dir`` without the engine; returns and writes
+    ``results.json`` and ``report.md``. The teacher-output store and a sequence-level transfer set are reused
+    across runs from ``out_dir/.cache``."""
     import torch
-
-    from kd2deploy.tasks.causal_lm import evaluate as E
-    from kd2deploy.tasks.causal_lm.report import headline, render
-    from kd2deploy.tasks.causal_lm.train import teacher_store
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda m: log.info(m))
     torch.set_num_threads(cfg.distill.train.threads)
+    ctx: dict[str, Any] = {}
+    res: dict[str, Any] = {"task": "causal-lm", "config": cfg.model_dump(mode="json")}
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    ctx = prepare(cfg, base_dir)
-    timings["prepare_s"] = time.perf_counter() - t
-    say(f"data: {ctx['splits'].info}; teacher {ctx['teacher_facts']}")
-    t = time.perf_counter()
-    res: dict[str, Any] = {"task": "causal-lm", "config": cfg.model_dump(mode="json"),
-                           "data": {**ctx["splits"].info, "source": ctx["splits"].source,
-                                    "format": ctx["splits"].format,
-                                    "sequences": {k: list(v.shape) for k, v in ctx["ids"].items()}},
-                           "teacher": {**ctx["teacher_facts"], "location": ctx["teacher_location"]}}
-    res["teacher"]["test"] = E.evaluate(ctx["teacher"], ctx["tokenizer"], ctx["ids"]["test"], ctx["prompts"],
-                                        cfg.eval.new_tokens)
-    timings["teacher_eval_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    cache = out / ".cache"
-    transfer_ids, res["transfer"] = transfer_set(cfg, ctx, cache / "transfer")
-    stores, res["teacher_store"] = {}, {}
-    for split, ids in (("train", transfer_ids), ("test", ctx["ids"]["test"])):
-        stores[split], res["teacher_store"][split] = teacher_store(ctx["teacher"], ids, cache / "teacher_outputs",
-                                                                   cfg.distill.top_k, progress=say)
-    timings["transfer_and_store_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    arms = train_arms(cfg, ctx, transfer_ids, stores, say)
-    timings["arms_s"] = time.perf_counter() - t
-    res["runs"] = arms["runs"]
-    res["summary"] = summarize_arms(arms["runs"])
-    res["ship_choice"] = ship_choice(arms["runs"])
-    student = arms["students"][(res["ship_choice"]["arm"], res["ship_choice"]["seed"])]
-    t = time.perf_counter()
-    res["export"] = export_and_check(cfg, ctx, student, out)
-    timings["export_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    res["benchmark"] = benchmark(cfg, ctx, out, say)
-    timings["benchmark_s"] = time.perf_counter() - t
-    res["guard"] = guard(cfg, res["export"], res["benchmark"])
-    res["shipped"] = ship(out, res["guard"]["ships"], ctx["tokenizer"], ctx["prompts"][0].ids)
-    shutil.rmtree(out / "work", ignore_errors=True)
-    res["timings"] = {k: round(v, 1) for k, v in timings.items()}
-    res["headline"] = headline(res)
+    steps = (("data", lambda: step_data(cfg, ctx, res, base_dir)),
+             ("teacher", lambda: step_teacher(cfg, ctx, res, out, say)),
+             ("students", lambda: step_students(cfg, ctx, res, say)),
+             ("export", lambda: step_export(cfg, ctx, res, out)),
+             ("benchmark", lambda: step_benchmark(cfg, ctx, res, out, say)),
+             ("ship", lambda: step_ship(cfg, ctx, res, out)))
+    for name, fn in steps:
+        t = time.perf_counter()
+        fn()
+        timings[f"{name}_s"] = round(time.perf_counter() - t, 1)
+        say(f"step {name} done in {timings[f'{name}_s']} s")
+    res["timings"] = timings
+    step_report(res, out)
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    (out / "report.md").write_text(render(res))
     say(res["headline"])
     return res
