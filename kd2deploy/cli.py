@@ -249,6 +249,19 @@ def bench(
     rounds: Annotated[int, typer.Option(help="Interleaved rounds.")] = 3,
     inputs: Annotated[Path | None, typer.Option(help=".npy of real inputs (default: seeded random).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON here.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Run on a target instead of here: a name from "
+                                               "--pipeline's targets, or ssh://user@host:port.")] = None,
+    pipeline: Annotated[Path | None, typer.Option("--pipeline", help="The pipeline file whose targets: "
+                                                  "--target names.")] = None,
+    identity_file: Annotated[Path | None, typer.Option("--identity-file", help="ssh -i for an ssh:// target.")] = None,
+    known_hosts: Annotated[Path | None, typer.Option("--known-hosts", help="known_hosts file for an ssh:// "
+                                                     "target.")] = None,
+    accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="Accept and remember an "
+                                                      "ssh:// target's host key seen for the first time.")] = False,
+    python: Annotated[str | None, typer.Option("--python", help="The target's Python (default python3).")] = None,
+    energy_window_s: Annotated[float | None, typer.Option("--energy-window", help="Also measure energy on the "
+                                                          "target: seconds per window (batch 1, 2 rounds, idle "
+                                                          "windows).")] = None,
 ) -> None:
     """Benchmark any ONNX file(s) with the pipeline's harness; print a table, optionally write JSON."""
     import numpy as np
@@ -277,16 +290,61 @@ def bench(
                                    rounds=rounds)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    res = bench_onnx(models, batch_sizes, settings, backend=backend, inputs=x)
+    if target is not None:
+        from kd2deploy.targets.api import bench_target_cli
+
+        res = bench_target_cli(target, models, batch_sizes, settings, x, pipeline=pipeline,
+                               identity_file=identity_file, known_hosts=known_hosts,
+                               accept_new_host_key=accept_new_host_key, python=python,
+                               energy_window_s=energy_window_s)
+        console.print(f"on target {res['name']} ({res['facts']['cpu_model']}, onnxruntime "
+                      f"{res['facts']['onnxruntime']}), {res['settings']['intra_op_threads']} intra-op thread(s), "
+                      f"per-call latency, {rounds} interleaved rounds; sha256 of every file checked there")
+        backend = res["settings"]["provider"]
+    else:
+        res = bench_onnx(models, batch_sizes, settings, backend=backend, inputs=x)
     console.print(f"{backend}, {threads} intra-op thread(s), per-call latency, {rounds} interleaved rounds")
     typer.echo(format_table(res["results"]))
     for r in res["ratios"]:
         for b in r["per_batch"]:
             typer.echo(f"p50 {r['numerator']} / {r['denominator']} at batch {b['batch_size']}: "
                        f"{b['ratio_p50']:.2f}x (95 % CI {b['ci95'][0]:.2f}-{b['ci95'][1]:.2f})")
+    for line in _target_energy_lines(res.get("energy")):
+        typer.echo(line)
     if json_out is not None:
         write_json(json_out, res)
         console.print(f"wrote {json_out}")
+
+
+def _target_energy_lines(energy: dict | None) -> list[str]:
+    if not energy:
+        return []
+    if not energy.get("label"):
+        return [f"energy: not available ({energy.get('reason')})"]
+    lines = [f"energy per inference at batch {energy['batch_size']}, {energy['label_text']}:"]
+    for name, m in energy["models"].items():
+        g, a = m["j_per_inference_gross"], m["j_per_inference_active"]
+        lines.append(f"  {name}: {g['mean'] * 1e3:.4g} mJ gross" + (f" ± {g['sd'] * 1e3:.2g}" if g["sd"] else "")
+                     + (f", {a['mean'] * 1e3:.4g} mJ active" if a else ""))
+    return lines
+
+
+targets_app = typer.Typer(no_args_is_help=True, help="Edge devices reached over SSH (a pipeline's targets:).")
+app.add_typer(targets_app, name="targets")
+
+
+@targets_app.command("check")
+@handle_errors
+def targets_check(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value: key.path=value.")] = None,
+) -> None:
+    """Connect to each target and print what it has: CPU, cores, OS, Python, numpy, onnxruntime, disk, sensors."""
+    from kd2deploy.config import load_config
+    from kd2deploy.targets.api import check_all
+
+    cfg = load_config(pipeline, set_)
+    raise typer.Exit(check_all(cfg.targets, typer.echo, source=str(pipeline)))
 
 
 @app.command()

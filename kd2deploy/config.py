@@ -31,6 +31,7 @@ from kd2deploy.errors import ConfigError
 from kd2deploy.export.variants import VariantsConfig
 from kd2deploy.ship.guard import ShipPolicy
 from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
+from kd2deploy.targets.config import TargetConfig
 from kd2deploy.tasks.causal_lm.config import CausalLMConfig
 from kd2deploy.tasks.text.config import TextConfig
 
@@ -387,6 +388,19 @@ class PipelineConfig(Strict):
     text: TextConfig | None = Field(None, description="task: text only (see kd2deploy/tasks/text/config.py)")
     causal_lm: CausalLMConfig | None = Field(
         None, description="task: causal-lm only (see kd2deploy/tasks/causal_lm/config.py)")
+    targets: list[TargetConfig] = Field(
+        default_factory=list, description="edge devices benchmarked over SSH after the local benchmark "
+        "(see kd2deploy/targets/config.py)")
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, v: list[TargetConfig]) -> list[TargetConfig]:
+        names = [t.name for t in v]
+        for n in names:
+            if n == "local" or names.count(n) > 1:
+                raise ValueError(f"target name {n!r} is " + ("reserved for this machine" if n == "local"
+                                                              else "used twice") + "; names must be unique")
+        return v
 
     @field_validator("task")
     @classmethod

@@ -55,3 +55,16 @@ def write_pipeline(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1:<free port> for the whole session (see tests/sshd.py); skips without one."""
+    from tests import sshd as real
+
+    reason = real.why_not()
+    if reason:
+        pytest.skip(reason)
+    server = real.start(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()

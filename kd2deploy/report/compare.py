@@ -270,6 +270,41 @@ def _config(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _where_rows(run: str, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's machine and each of its targets: CPU, teacher/student speed-up, student p50, energy ratio."""
+    from kd2deploy.targets.report import target_headline
+
+    h = r.get("headline") or {}
+    sp = _get(h, "speedup_p50", str(h.get("speedup_p50_batch")))
+    lat = {(x["model"], x["batch_size"]): x for x in _get(r, "benchmark", "results", default=[]) or []}
+    b = h.get("speedup_p50_batch")
+    rows = [{"run": run, "where": "this machine", "cpu": _get(r, "environment", "cpu"), "status": "ok",
+             "speedup": sp, "batch": b, "student_p50": _get(lat.get(("student", b)) or {}, "p50_us"),
+             "energy_ratio": h.get("energy_ratio"), "energy_label": h.get("energy_label")}]
+    for name, e in (r.get("targets") or {}).items():
+        if e.get("status") != "ok":
+            rows.append({"run": run, "where": name, "status": "missing", "reason": e.get("reason")})
+            continue
+        th = target_headline(e)
+        sp = th["speedup_p50"]
+        tl = {(x["model"], x["batch_size"]): x for x in e.get("results") or []}
+        rows.append({"run": run, "where": name, "cpu": _get(e, "facts", "cpu_model"), "status": "ok", "speedup": sp,
+                     "batch": sp and sp["batch_size"],
+                     "student_p50": _get(tl.get(("student", sp and sp["batch_size"])) or {}, "p50_us"),
+                     "energy_ratio": th["energy_ratio"], "energy_label": th["energy_label_text"]})
+    for row in rows:
+        sp = row.get("speedup")
+        row["speedup_text"] = (f"{sp['ratio_p50']:.2f}x [{sp['ci95'][0]:.2f}–{sp['ci95'][1]:.2f}]" if sp else "–")
+    return rows
+
+
+def _targets(ra: dict[str, Any], rb: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where each run was measured, side by side (empty when neither run has targets)."""
+    if not (ra.get("targets") or rb.get("targets")):
+        return []
+    return _where_rows("A", ra) + _where_rows("B", rb)
+
+
 def compare_results(
     ra: dict[str, Any], rb: dict[str, Any], a: Path | None = None, b: Path | None = None
 ) -> dict[str, Any]:
@@ -284,6 +319,7 @@ def compare_results(
         "ratios": _ratios(ra, rb),
         "energy": _energy(ra, rb),
         "environment": _environment(ra, rb),
+        "targets": _targets(ra, rb),
     }
 
 

@@ -228,8 +228,10 @@ def _distill_setup(results: dict[str, Any]) -> list[str]:
                 parts.append(f"{t['weight']:g} x hint({t['student_layer']} -> {t['teacher_layer']}, via an adapter)")
             elif t["loss"] == "ce":
                 parts.append(f"{t['weight']:g} x CE")
-            else:
+            elif "temperature" in t:
                 parts.append(f"{t['weight']:g} x {t['loss']}(T={t['temperature']:g}, alpha={t['alpha']:g})")
+            else:  # e.g. hidden-state or attention matching
+                parts.append(f"{t['weight']:g} x {t['loss']}")
         out.append("KD loss: " + " + ".join(parts) + ".")
     transfer = d.get("transfer") or {}
     if transfer.get("shift_px") or transfer.get("mixup_alpha"):
@@ -412,6 +414,12 @@ def _stage_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _target_sections(results: dict[str, Any]) -> list[dict[str, Any]]:
+    from kd2deploy.targets.report import sections
+
+    return sections(results)
+
+
 def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
     """Everything the templates show, computed once."""
     from kd2deploy.report import plots
@@ -448,8 +456,10 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "stage_rows": _stage_rows(results),
         "training_mode": _training_mode_text(results),
         "ship": results.get("ship"),
+        "task_sections": results.get("task_sections") or [],
         "variants": _variant_rows(results),
         "devices": results.get("devices") or {},
+        "targets": _target_sections(results),
         "ship_policy": _policy_text(results),
         "ship_selection": _get(results, "variants", "student", "selection"),
         "config_yaml": yaml.safe_dump(_get(results, "pipeline", "resolved", default={}), sort_keys=False),

@@ -17,6 +17,7 @@ from kd2deploy.stages.export import ExportStage
 from kd2deploy.stages.report import ReportStage
 from kd2deploy.stages.ship import ShipStage
 from kd2deploy.stages.students import StudentsStage
+from kd2deploy.stages.targets import TargetsStage
 from kd2deploy.stages.teacher import TeacherStage
 from kd2deploy.stages.variants import VariantsStage
 
@@ -30,6 +31,7 @@ STAGES: tuple[type[Stage], ...] = (
     BenchmarkStage,
     EnergyStage,
     ShipStage,
+    TargetsStage,
     ReportStage,
 )
 
@@ -42,7 +44,7 @@ def stages_for(cfg: Any) -> list[Stage]:
     adapter = task_of(cfg)
     if hasattr(adapter, "stages"):
         return adapter(cfg).stages()
-    return [cls() for cls in STAGES]
+    return [cls() for cls in STAGES if getattr(cls, "applies", None) is None or cls.applies(cfg)]
 
 
 def stage_names() -> list[str]:

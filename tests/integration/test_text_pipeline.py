@@ -50,15 +50,18 @@ def text_run(tmp_path_factory):
 def test_run_writes_models_report_and_results(text_run):
     run_dir, res, stderr = text_run
     assert "wall time:" in stderr
-    for f in ("config.yaml", "pipeline.yaml", "run.log", "report.md", "report.html", "onnx/teacher/model.onnx",
-              "onnx/student/model.onnx", "onnx/student/tokenizer.json", "models/teacher/config.json",
-              "ship/student/model.onnx", "ship/student/tokenizer.json", "ship/student/config.json"):
+    for f in ("config.yaml", "pipeline.yaml", "run.log", "report.md", "report.html", "models/teacher/model.onnx",
+              "models/student/model.onnx", "models/student/tokenizer.json", "models/teacher_hf/config.json",
+              "models/student_scratch/model.onnx", "checkpoints/teacher_hf.zip", "checkpoints/student_kd_seed0.pt",
+              "checkpoints/student_scratch_seed0.pt", "ship/student/model.onnx", "ship/student/tokenizer.json",
+              "ship/student/config.json", "ship/student/MODEL_CARD.md"):
         assert (run_dir / f).is_file(), f
     assert res["task"] == "text"
     assert res["models"]["teacher"]["fine_tuned"] and "only an encoder" in res["models"]["teacher"]["why"]
     assert res["data"]["labels"] == ["politics", "sport", "tech"]
-    student = res["distill"]["students"][0]
+    student = res["distill"]["student"]
     assert student["num_layers"] == 2 and student["layer_map"] == [1, 3] and student["init"] == "teacher-layers"
+    assert res["distill"]["arms"] == ["kd", "scratch"] and res["distill"]["summary"]["scratch"]["n"] == 1
     for name in ("teacher", "student"):
         par = res["export"][name]["parity"]
         assert par["argmax_agreement"] == 1.0 and par["max_abs_diff"] < 1e-4
@@ -70,13 +73,16 @@ def test_run_writes_models_report_and_results(text_run):
     assert res["benchmark"]["tokenizer"]["p50_us"] > 0
     sel = res["variants"]["student"]["selection"]
     assert sel["shipped"] == res["ship"]["source"]
+    assert {"teacher", "student", "teacher@torch-eager-cpu"} <= {r["model"] for r in res["benchmark"]["results"]}
     report = (run_dir / "report.md").read_text()
-    assert "tokenisation is not included" in report and "## Variants and the shipping guard" in report
+    for section in ("## Distillation", "## Latency", "## Compressed variants and the shipping guard", "## Energy",
+                    "## Shipped model", "## Tokenisation and the shipped folder", "## Provenance"):
+        assert section in report, section
 
 
 def test_labels_saved_with_the_models(text_run):
     run_dir, _, _ = text_run
-    for folder in ("models/student", "onnx/student", "ship/student"):
+    for folder in ("models/student_hf", "models/student", "ship/student"):
         cfg = json.loads((run_dir / folder / "config.json").read_text())
         assert cfg["id2label"] == {"0": "politics", "1": "sport", "2": "tech"}, folder
         assert cfg["label2id"] == {"politics": 0, "sport": 1, "tech": 2}, folder
@@ -114,7 +120,7 @@ def test_onnx_axes_are_dynamic(text_run):
     import onnx
 
     run_dir, _, _ = text_run
-    m = onnx.load(str(run_dir / "onnx" / "student" / "model.onnx"), load_external_data=False)
+    m = onnx.load(str(run_dir / "models" / "student" / "model.onnx"), load_external_data=False)
     for inp in m.graph.input:
         dims = [d.dim_param for d in inp.type.tensor_type.shape.dim]
         assert all(dims), (inp.name, dims)  # both batch and sequence axes symbolic

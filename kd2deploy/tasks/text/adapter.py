@@ -199,7 +199,9 @@ class TextTask:
                                           label_smoothing=arm.label_smoothing or 0.0)
             trained.append((student, History(hist, sum(h["seconds"] for h in hist))))
         record = {
-            "loss": "+".join(t.loss for t in d.terms), "terms": [t.model_dump() for t in d.terms],
+            "loss": "+".join(t.loss for t in d.terms),
+            "terms": [{**t.model_dump(), **({"temperature": d.temperature, "alpha": d.alpha}
+                                            if t.loss == "hinton" else {})} for t in d.terms],
             "temperature": d.temperature, "alpha": d.alpha, "train": d.train.model_dump(),
             "student": {k: info[k] for k in ("num_layers", "hidden_size", "init", "layer_map", "teacher_layers")},
             "student_arch": f"{type(state.teacher).__name__}, {info['num_layers']} layers",
@@ -240,6 +242,7 @@ class TextTask:
     # ----------------------------------------------------------------------------------------- deployment
     def export(self, state: RunState, name: str, model: Any) -> dict[str, Any]:
         from kd2deploy.errors import StageError
+        from kd2deploy.export.onnx_export import sha256_file
         from kd2deploy.tasks.text.export import export_folder, onnx_logits, parity, save_hf
         from kd2deploy.tasks.text.train import predict_logits
 
@@ -253,6 +256,7 @@ class TextTask:
         info["parity"] = parity(ref, got, labels, self.t.export_atol)
         info["path"] = str((folder / "model.onnx").relative_to(state.dir / "models"))
         info["size_bytes"] = (folder / "model.onnx").stat().st_size
+        info["sha256"] = sha256_file(folder / "model.onnx")
         if info["parity"]["argmax_agreement"] < self.cfg.export.min_argmax_agreement:
             raise StageError(f"export of {name}: ONNX and PyTorch disagree on "
                              f"{1 - info['parity']['argmax_agreement']:.2%} of test predictions")
