@@ -37,7 +37,7 @@ def test_causal_lm_end_to_end(tmp_path):
     }
     pipeline = tmp_path / "lm.yaml"
     pipeline.write_text(yaml.safe_dump({"version": 1, "name": "lm-tiny", "task": "causal-lm", "causal_lm": section,
-                                        "energy": {"enabled": False}}))
+                                        "energy": {"window_s": 1.0, "repeats": 1, "idle_baseline": False}}))
     state = run_pipeline(load_config(pipeline, []), tmp_path / "runs", source=pipeline)
     out = state.dir
     res = json.loads((out / "results.json").read_text())
@@ -76,6 +76,9 @@ def test_causal_lm_end_to_end(tmp_path):
     assert r["decode_ci95"][0] <= r["decode_ratio"] <= r["decode_ci95"][1]
     assert ("teacher-eager", "student-onnx", 1) in rat
     assert b["memory"]["student"]["peak_rss_bytes"] > b["memory"]["student"]["model_peak_bytes"] >= 0
+    # energy per 1 M generated tokens through the engine's meter, labelled
+    e = res["energy"]
+    assert e["label"] in ("measured", "modelled") and e["kwh_per_million_tokens_gross"]["student-onnx"] > 0
     # the shipped folder generates through ORTModelForCausalLM with the tokenizer beside it
     assert res["shipped"]["generated_tokens"] == 8
     assert (out / "shipped" / "tokenizer.json").is_file()

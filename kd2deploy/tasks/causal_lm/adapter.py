@@ -75,7 +75,7 @@ class CausalLMTask:
         return [{"title": "causal-lm", "markdown": render(results)}]
 
     def stages(self) -> list[BaseStage]:
-        """data -> teacher -> students -> export -> benchmark -> ship -> report (see the module doc)."""
+        """data -> teacher -> students -> export -> benchmark -> energy -> ship -> report (see the module doc)."""
         from kd2deploy.tasks.causal_lm import run as R
 
         def base_dir(state: RunState):
@@ -108,6 +108,9 @@ class CausalLMTask:
         def benchmark(state):
             R.step_benchmark(state.task.c, state.task.ctx, state.results, state.dir, None)
 
+        def energy(state):
+            R.step_energy(state.task.c, state.task.ctx, state.results, state.dir, state.meter, state.cfg.energy)
+
         def ship(state):
             R.step_ship(state.task.c, state.task.ctx, state.results, state.dir)
 
@@ -116,5 +119,6 @@ class CausalLMTask:
 
         return [_Step("data", (), data), _Step("teacher", ("data",), teacher),
                 _Step("students", ("teacher",), students), _Step("export", ("students",), export),
-                _Step("benchmark", ("export",), benchmark), _Step("ship", ("benchmark",), ship),
+                _Step("benchmark", ("export",), benchmark), _Step("energy", ("benchmark",), energy),
+                _Step("ship", ("energy",), ship),
                 _Step("report", ("ship",), report)]

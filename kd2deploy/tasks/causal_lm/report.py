@@ -26,6 +26,9 @@ def headline(res: dict[str, Any]) -> str:
     r = _ratio(res, "teacher-onnx")
     speed = (f"{r['decode_ratio']:.2f}x faster per decoded token (95 % CI {r['decode_ci95'][0]:.2f}-"
              f"{r['decode_ci95'][1]:.2f}), TTFT {r['ttft_ratio']:.2f}x" if r else "speed not measured")
+    en = (res.get("energy") or {}).get("teacher_over_student")
+    if en:
+        speed += f", {en:.2f}x less energy per token ({res['energy'].get('label')})"
     verdict = ""
     if "kd_vs_control" in s:
         v = s["kd_vs_control"]
@@ -91,8 +94,15 @@ def render(res: dict[str, Any]) -> str:
         L.append("\nPeak memory (" + next(iter(b["memory"].values())).get("method", "") + "): " + ", ".join(
             f"{k} {v['model_peak_bytes'] / 2**20:.0f} MiB" if "model_peak_bytes" in v else f"{k} {v.get('error')}"
             for k, v in b["memory"].items()))
-    L.append("\nEnergy per 1 M tokens: not measured by this task yet (no RAPL on this machine; see the report's "
-             "energy section of classifier runs for the modelled method).")
+    en = res.get("energy") or {}
+    if en.get("kwh_per_million_tokens_gross"):
+        per = en["kwh_per_million_tokens_gross"]
+        L.append("\nEnergy per 1 M generated tokens (" + str(en.get("label")) + "): " + ", ".join(
+            f"{k} {v:.4f} kWh" for k, v in per.items() if v is not None)
+            + (f"; teacher / student {en['teacher_over_student']:.2f}x" if en.get("teacher_over_student") else "")
+            + f". {en.get('explanation') or ''} ({en['method']})")
+    else:
+        L.append("\nEnergy per 1 M generated tokens: " + en.get("note", "not measured") + ".")
     g = res["guard"]
     L.append(f"\n## Guard\n\nShips **{g['ships']}**: {g['reason']}.\n\nShipped folder {res['shipped']['folder']} "
              f"loads with {res['shipped']['loads_with']} and generated {res['shipped']['generated_tokens']} tokens: "

@@ -307,6 +307,36 @@ def step_benchmark(cfg, ctx: dict[str, Any], res: dict[str, Any], out: Path, say
     res["benchmark"] = benchmark(cfg, ctx, out, say)
 
 
+def step_energy(cfg, ctx: dict[str, Any], res: dict[str, Any], out: Path, meter, energy_cfg) -> None:
+    """Energy per 1 M generated tokens of the ONNX teacher and student (``kd2deploy.energy.meter``'s interleaved
+    windows with an idle baseline); one call = one greedy generation of P + D tokens at batch 1, counted as
+    D + 1 generated tokens. The label (measured / modelled) is CodeCarbon's, from what it detected."""
+    from kd2deploy.energy.meter import measure_inference_energy
+    from kd2deploy.tasks.causal_lm import bench as B
+
+    if meter is None or not getattr(meter, "enabled", False):
+        res["energy"] = {"note": "energy not tracked (energy.enabled: false)"}
+        return
+    bc = cfg.bench
+    prompt = ctx["ids"]["test"][:1, : bc.prompt_tokens].numpy()
+    runners = {}
+    for name in ("teacher", "student"):
+        folder = out / "onnx" / name
+        if (folder / "model.onnx").is_file():
+            lm = B.OrtLM(folder, bc.threads)
+            runners[f"{name}-onnx"] = ((lambda lm=lm: B.generate_timed(lm, prompt, bc.decode_tokens)),
+                                       bc.decode_tokens + 1)
+    e = measure_inference_energy(meter, runners, energy_cfg.window_s, energy_cfg.repeats, energy_cfg.idle_baseline)
+    per = {name: m.get("per_million_gross", {}).get("kwh") for name, m in e["models"].items()}
+    ratio = (per["teacher-onnx"] / per["student-onnx"]) if per.get("teacher-onnx") and per.get("student-onnx") \
+        else None
+    res["energy"] = {"kwh_per_million_tokens_gross": per, "teacher_over_student": ratio,
+                     "label": e.get("label"), "explanation": e.get("explanation"), "window_s": e.get("window_s"),
+                     "repeats": e.get("repeats"),
+                     "method": "kd2deploy.energy.meter.measure_inference_energy: interleaved windows per model and "
+                               "an idle window; one call = one greedy generation, D + 1 tokens"}
+
+
 def step_ship(cfg, ctx: dict[str, Any], res: dict[str, Any], out: Path) -> None:
     res["guard"] = guard(cfg, res["export"], res["benchmark"])
     res["shipped"] = ship(out, res["guard"]["ships"], ctx["tokenizer"], ctx["prompts"][0].ids)

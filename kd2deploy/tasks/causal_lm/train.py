@@ -187,7 +187,7 @@ def train_arm(student, train_ids: torch.Tensor, cfg, *, seed: int, arm: str, tea
             opt.step()
             sched.step()
             step += 1
-            history.append({"step": step, "loss": float(loss), **parts})
+            history.append({"step": step, "loss": float(loss.detach()), **parts})
             if progress and (step % 10 == 0 or step == steps):
                 progress(f"{arm} seed {seed}: step {step}/{steps} loss {float(loss):.3f}")
     student.eval()
