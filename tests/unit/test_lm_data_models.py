@@ -134,3 +134,23 @@ def test_config_defaults_and_errors(tmp_path):
                                        "teacher": {"model": str(folder)}})
     with pytest.raises(ValidationError, match="file not found"):
         CausalLMConfig.model_validate({"data": {"path": str(tmp_path / "nope")}, "teacher": {"model": str(folder)}})
+
+
+def test_sequence_level_transfer_set_is_generated_once(tmp_path):
+    """teacher-generated: the teacher's greedy responses, stored as JSONL once; a second call reads them back."""
+    from kd2deploy.tasks.causal_lm.evaluate import greedy
+
+    folder = tiny_llama_folder(tmp_path / "t", chat_template=True)
+    teacher, _ = M.load_teacher(folder)
+    tok = M.load_tokenizer(folder)
+    docs = [D.Document(t.split(" ", 8)[-1], prompt=" ".join(t.split()[:8])) for t in tiny_docs(3)]
+    prompts = D.transfer_prompts(tok, docs, 8, chat_template=True)
+    assert tok.decode(prompts[0]).startswith("<|user|>")
+    got, rec = D.teacher_generated(teacher, tok, prompts, 5, tmp_path / "cache", "k1")
+    assert not rec["reused"] and len(got) == 3
+    want = tok.decode(greedy(teacher, prompts[0], 5, tok.eos_token_id), skip_special_tokens=True)
+    assert got[0].text == tok.decode(prompts[0]) + want
+    again, rec2 = D.teacher_generated(None, tok, prompts, 5, tmp_path / "cache", "k1")  # no teacher needed now
+    assert rec2["reused"] and [d.text for d in again] == [d.text for d in got]
+    ids = D.pack(tok, got, 8, chat_template=False)
+    assert ids.shape[1] == 8
