@@ -13,8 +13,7 @@ from kd2deploy.errors import ConfigError
 from kd2deploy.tasks.causal_lm import data as D
 from kd2deploy.tasks.causal_lm import models as M
 from kd2deploy.tasks.causal_lm.config import CausalLMConfig, LMStudentConfig
-from tests.lm_tiny import tiny_docs, tiny_gpt2_folder, tiny_llama_folder, tiny_tokenizer, write_pairs, \
-    write_text_folder
+from tests.lm_tiny import tiny_docs, tiny_gpt2_folder, tiny_llama_folder, tiny_tokenizer, write_pairs, write_text_folder
 
 
 def test_formats_are_detected_and_read(tmp_path):

@@ -90,7 +90,8 @@ class CausalLMTask:
 
             torch.set_num_threads(state.task.c.distill.train.threads)
             R.step_data(state.task.c, state.task.ctx, state.results, base_dir(state))
-            say(f"data: {state.results['data']['sequences']} packed sequences of {state.task.c.data.max_seq_len} tokens")
+            seq = state.results["data"]["sequences"]
+            say(f"data: {seq} packed sequences of {state.task.c.data.max_seq_len} tokens")
 
         def teacher(state):
             R.step_teacher(state.task.c, state.task.ctx, state.results, state.out, None)

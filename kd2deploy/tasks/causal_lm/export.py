@@ -55,7 +55,8 @@ def export_with_past(hf_folder: Path, out: Path) -> dict[str, Any]:
         raise StageError(f"{out}: the exporter wrote no model.onnx")
     files = sorted(p.name for p in out.iterdir())
     size = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("model.onnx"))
-    return {"exporter": "optimum.exporters.onnx.main_export", "task": TASK, "seconds": round(time.perf_counter() - t0, 2),
+    return {"exporter": "optimum.exporters.onnx.main_export", "task": TASK,
+            "seconds": round(time.perf_counter() - t0, 2),
             "files": files, "onnx_bytes": size}
 
 

@@ -50,7 +50,8 @@ def render(res: dict[str, Any]) -> str:
     L.append("## KD vs the cross-entropy control (test split, mean ± sd over seeds)\n")
     L.append("| arm | perplexity | ROUGE-L F | top-1 agreement | mean KL(teacher‖student) | val perplexity |")
     L.append("|---|---|---|---|---|---|")
-    L.append(f"| teacher | {t['test']['perplexity']['perplexity']:.2f} | {t['test']['rouge']['rougeL_f']:.3f} | 1 | 0 | |")
+    L.append(f"| teacher | {t['test']['perplexity']['perplexity']:.2f} | {t['test']['rouge']['rougeL_f']:.3f} "
+             "| 1 | 0 | |")
     for arm in ("kd", "ce"):
         if arm in s:
             a = s[arm]
@@ -60,8 +61,9 @@ def render(res: dict[str, Any]) -> str:
     if "kd_vs_control" in s:
         v = s["kd_vs_control"]
         L.append(f"\nGap (control - KD) {v['perplexity_gap']:.2f}, larger per-arm sd {v['seed_spread_sd']:.2f}: "
-                 f"**{'KD beats the control beyond the seed spread' if v['beats_beyond_spread'] else 'no win beyond the seed spread'}** "
-                 f"({v['rule']}).\n")
+                 + ("**KD beats the control beyond the seed spread** " if v["beats_beyond_spread"]
+                    else "**no win beyond the seed spread** ")
+                 + f"({v['rule']}).\n")
     L.append("### Per seed\n\n| arm | seed | steps | on-policy steps | train s | val ppl | test ppl | ROUGE-L |")
     L.append("|---|---|---|---|---|---|---|---|")
     for r in res["runs"]:

@@ -160,7 +160,7 @@ def train_arm(student, train_ids: torch.Tensor, cfg, *, seed: int, arm: str, tea
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
     step = on_policy = 0
-    for epoch in range(tc.epochs):
+    for _epoch in range(tc.epochs):
         order = rng.permutation(n)
         for i in range(0, n, tc.batch_size):
             idx = np.sort(order[i: i + tc.batch_size])
