@@ -166,9 +166,9 @@ def strip_rounds(results: list[dict]) -> list[dict]:
 
 
 def _rss_peak() -> int:
-    import resource
+    from kd2deploy.bench.memory import peak_bytes  # VmHWM: ru_maxrss would report a big parent's size
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+    return peak_bytes()
 
 
 def memory(folder: Path, prompt_tokens: int, decode_tokens: int, threads: int = 1, timeout_s: float = 300) -> dict:
@@ -180,8 +180,8 @@ def memory(folder: Path, prompt_tokens: int, decode_tokens: int, threads: int = 
         rec = json.loads(p.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError) as e:
         return {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-    rec["method"] = ("fresh process: ru_maxrss after one generation minus ru_maxrss after importing numpy and "
-                     "onnxruntime")
+    rec["method"] = ("fresh process: peak resident set (Linux VmHWM) after one generation minus the peak after "
+                     "importing numpy and onnxruntime")
     return rec
 
 
