@@ -262,6 +262,8 @@ def bench(
     energy_window_s: Annotated[float | None, typer.Option("--energy-window", help="Also measure energy on the "
                                                           "target: seconds per window (batch 1, 2 rounds, idle "
                                                           "windows).")] = None,
+    cpu_power_w: Annotated[float | None, typer.Option("--cpu-power-w", help="The target's power for a modelled "
+                                                      "energy figure when it has no readable sensor.")] = None,
 ) -> None:
     """Benchmark any ONNX file(s) with the pipeline's harness; print a table, optionally write JSON."""
     import numpy as np
@@ -296,14 +298,14 @@ def bench(
         res = bench_target_cli(target, models, batch_sizes, settings, x, pipeline=pipeline,
                                identity_file=identity_file, known_hosts=known_hosts,
                                accept_new_host_key=accept_new_host_key, python=python,
-                               energy_window_s=energy_window_s)
+                               energy_window_s=energy_window_s, cpu_power_w=cpu_power_w)
         console.print(f"on target {res['name']} ({res['facts']['cpu_model']}, onnxruntime "
-                      f"{res['facts']['onnxruntime']}), {res['settings']['intra_op_threads']} intra-op thread(s), "
+                      f"{res['facts']['onnxruntime']} {res['settings']['provider']}), "
+                      f"{res['settings']['intra_op_threads']} intra-op thread(s), "
                       f"per-call latency, {rounds} interleaved rounds; sha256 of every file checked there")
-        backend = res["settings"]["provider"]
     else:
         res = bench_onnx(models, batch_sizes, settings, backend=backend, inputs=x)
-    console.print(f"{backend}, {threads} intra-op thread(s), per-call latency, {rounds} interleaved rounds")
+        console.print(f"{backend}, {threads} intra-op thread(s), per-call latency, {rounds} interleaved rounds")
     typer.echo(format_table(res["results"]))
     for r in res["ratios"]:
         for b in r["per_batch"]:

@@ -305,6 +305,10 @@ class BenchmarkConfig(Strict):
     warmup_runs: Annotated[int, Field(ge=0)] = 10
     min_duration_s: PositiveFloat = 1.0
     min_runs: PositiveInt = 100
+    max_window_s: PositiveFloat = Field(
+        10.0, description="time budget of one window (warm-up included): a window stops when it has min_runs calls "
+        "and min_duration_s, or when this budget is spent, whichever comes first; the result says which "
+        "(window_short) — for slow models (a transformer at batch 32) the budget, not min_runs, ends the window")
     rounds: PositiveInt = 3
     renew_sessions: bool = Field(
         True, description="from round 2 on, time a freshly created session, so session-to-session variation "

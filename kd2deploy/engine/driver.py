@@ -92,8 +92,9 @@ def run_pipeline(cfg: PipelineConfig, out: Path = Path("runs"), source: Path | N
                 if getattr(stage, "timed", True):
                     stage_wall[stage.name] = seconds
                 log.info("stage %s finished in %.1f s", stage.name, seconds)
-        state.results["run"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        state.results["run"]["wall_s"] = time.perf_counter() - t0
+        # The report stage stamps these before it renders (a re-render must give the same report); else here.
+        state.results["run"].setdefault("finished", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        state.results["run"].setdefault("wall_s", time.perf_counter() - t0)
         write_json(state.path("results.json"), state.results)
     except BaseException as e:  # a failure, a bug or Ctrl-C: keep what is known so far
         log.error("%s: %s", type(e).__name__, e)

@@ -65,7 +65,12 @@ def bench_target_cli(spec: str, models: Sequence[Path], batch_sizes: Sequence[in
     from kd2deploy.targets.runner import bench_on_target
     from kd2deploy.ui import step
 
+    cpu_power_w = adhoc.pop("cpu_power_w", None)
     t = resolve_target(spec, pipeline, **adhoc)
+    if cpu_power_w is not None:
+        if cpu_power_w <= 0:
+            raise ConfigError(f"--cpu-power-w: must be > 0, got {cpu_power_w}")
+        t = t.model_copy(update={"energy": t.energy.model_copy(update={"cpu_power_w": cpu_power_w})})
     labels = unique_labels(models)
     if len(set(labels)) != len(labels):
         raise ConfigError("the model files have the same path twice")

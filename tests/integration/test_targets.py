@@ -237,3 +237,35 @@ def test_too_old_remote_python_is_named(sshd):
         pytest.skip("no Python 3.8 here to stand for a target's old Python")
     with pytest.raises(TargetError, match=r"is Python 3\.8\.\d+; the harness needs Python 3\.9 or newer"):
         check_target(TargetConfig(**sshd.target(python=old)))
+
+
+def test_dropped_connection_stops_the_remote_agent_and_cleans_up(sshd, onnx_pair):
+    """The local ssh dies mid-run (Ctrl-C, a laptop lid): the target stops the agent and removes its folder."""
+    import subprocess
+
+    from kd2deploy.targets.runner import make_bundle
+    from kd2deploy.targets.ssh import bootstrap_command, ssh_argv
+
+    before = leftovers()
+    t = target(sshd)
+    job = {"action": "bench", "sensor": "none", "settings": {**FAST.__dict__, "min_duration_s": 60.0, "rounds": 1},
+           "providers": ["CPUExecutionProvider"], "models": [{"name": "teacher", "file": "models/m0.onnx"}],
+           "inputs": None, "batch_sizes": [1], "pairs": [], "energy": None, "memory_batch_size": None,
+           "flops_probe": False}
+    bundle = make_bundle(job, {"models/m0.onnx": onnx_pair["teacher"]})
+    proc = subprocess.Popen(ssh_argv(t, bootstrap_command(t, 300)), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.stdin.write(bundle)
+    proc.stdin.close()
+    deadline = time.time() + 30
+    while time.time() < deadline and not _agent_pids():
+        time.sleep(0.2)
+    pids = _agent_pids()
+    assert pids, "the remote agent never started"
+    proc.kill()  # the local ssh client only (our own child)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and (any(Path(f"/proc/{p}").exists() for p in pids) or leftovers() != before):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{p}").exists() for p in pids), "the remote agent still runs"
+    assert leftovers() == before

@@ -26,6 +26,10 @@ def _pipeline(tmp_path: Path, sshd, **target_extra) -> Path:
     return doc
 
 
+def _runs(out: Path) -> set[Path]:
+    return set((out / "tiny").iterdir()) if (out / "tiny").is_dir() else set()
+
+
 @pytest.fixture(scope="module")
 def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")  # shared: the second run reuses the teacher and students
@@ -40,9 +44,10 @@ def test_run_with_a_loopback_target(sshd, tmp_path, out):
     doc["targets"].append(down)
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump(doc))
+    before = _runs(out)
     res = kd2deploy("run", str(p), "--out", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    (run_dir,) = (out / "tiny").iterdir()
+    (run_dir,) = _runs(out) - before
     results = json.loads((run_dir / "results.json").read_text())
     t = results["targets"]["board-1"]
     assert t["status"] == "ok" and {m["name"] for m in t["models"]} >= {"teacher", "student"}
@@ -74,12 +79,13 @@ def test_required_target_that_fails_stops_the_run_and_keeps_local_files(sshd, tm
     doc["targets"][0]["identity_file"] = str(sshd.other_key)
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump(doc))
-    res = kd2deploy("run", str(p), "--out", str(out / "req"), cwd=tmp_path)
+    before = _runs(out)
+    res = kd2deploy("run", str(p), "--out", str(out), cwd=tmp_path)
     assert res.returncode == 1
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "target board-1:" in lines[0] and "refused the key" in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
-    (run_dir,) = (out / "req" / "tiny").iterdir()
+    (run_dir,) = _runs(out) - before
     for f in ("models/teacher.onnx", "models/student.onnx", "ship/student.onnx", "results.partial.json"):
         assert (run_dir / f).is_file(), f
     partial = json.loads((run_dir / "results.partial.json").read_text())
@@ -108,8 +114,10 @@ def test_bench_target(sshd, tmp_path):
     res = kd2deploy("bench", str(a), str(b), "-b", "1", "--min-duration-s", "0.05", "--min-runs", "10",
                     "--rounds", "2", "--target", url, "--identity-file", str(sshd.key), "--known-hosts",
                     str(sshd.known_hosts), "--python", sys.executable, "--json", str(tmp_path / "o.json"),
-                    cwd=tmp_path)
+                    "--energy-window", "0.2", "--cpu-power-w", "3", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    assert "energy per inference at batch 1, modelled (cpu_power_w 3 W profile" in res.stdout
+    assert "[1/4] big batch 1 round 1/2" in res.stderr  # progress streamed from the target
     assert "on target 127.0.0.1" in res.stderr and "p50 big / small at batch 1" in res.stdout
     doc = json.loads((tmp_path / "o.json").read_text())
     assert all(m["sha256_match"] for m in doc["models"])

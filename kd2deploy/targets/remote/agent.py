@@ -138,7 +138,7 @@ def _energy(runners, plan, log):
             joules = sensor.end(token) if sensor is not None else None
             got[name].append({"energy_j": joules, "duration_s": duration,
                               "inferences": 0 if name == "__idle__" else calls * runners[name][1]})
-            log(f"energy {name} round {r + 1}/{repeats}")
+            log(f"energy {'idle' if name == '__idle__' else name} round {r + 1}/{repeats}")
     return {
         "sensor": None if sensor is None else {"kind": sensor.kind, "source": sensor.source},
         "sensors_found": notes,

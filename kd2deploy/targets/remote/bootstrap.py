@@ -3,7 +3,8 @@
 Standard library only, Python 3.8+. It makes a fresh temporary folder (under WORKDIR, or the target's TMPDIR /
 /tmp when WORKDIR is empty), unpacks the bundle there, runs ``agent.py job.json result.json`` in its own process
 group with a time limit, prints the result as one ``KD2DEPLOY-RESULT {json}`` line on stdout and removes the
-folder whatever happened (a timeout, a killed agent, a full disk, SIGTERM/SIGHUP from a dropped connection).
+folder whatever happened (a timeout, a killed agent, a full disk, SIGTERM/SIGHUP, or a dropped connection: a
+heartbeat line on stdout every 2 s fails to write once ssh is gone).
 """
 import errno
 import io
@@ -15,8 +16,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 
 MARK = "KD2DEPLOY-RESULT "
+HEARTBEAT_S = 2.0  # a line on stdout this often; a write that fails means ssh is gone
 
 
 def say(doc):
@@ -58,13 +61,23 @@ def main():
                                  result], cwd=tmp, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
                                 start_new_session=True)
         say({"started": proc.pid, "tmp": tmp})
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            say({"error": "timeout", "timeout_s": timeout})
-            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                rc = proc.wait(timeout=max(0.0, min(HEARTBEAT_S, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() >= deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                say({"error": "timeout", "timeout_s": timeout})
+                return
+            try:  # the connection is gone when this fails: stop the agent (finally removes the folder)
+                sys.stdout.write("KD2DEPLOY-ALIVE\n")
+                sys.stdout.flush()
+            except OSError:
+                return
         if rc < 0:
             say({"error": "killed", "signal": signal.Signals(-rc).name})
         elif not os.path.exists(result):
