@@ -18,7 +18,7 @@ def harness_settings(cfg) -> Any:
         intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
         graph_optimization=cfg.graph_optimization, warmup_s=cfg.warmup_s, warmup_runs=cfg.warmup_runs,
         min_duration_s=cfg.min_duration_s, min_runs=cfg.min_runs, rounds=cfg.rounds,
-        renew_sessions=cfg.renew_sessions,
+        renew_sessions=cfg.renew_sessions, max_window_s=cfg.max_window_s,
     )
 
 
@@ -116,8 +116,10 @@ def benchmark_models(state, progress) -> dict[str, Any]:
         models[label] = {**models[model], "variant_of": model, "size_bytes": path.stat().st_size,
                          "floor_us": None, "memory": memory[label]}  # INT8/FP16 arithmetic: no FP32 floor
     state.latency = [r for r in results if is_primary(r)]
-    warnings = [f"benchmark window of {r['model']} at batch {r['batch_size']} was cut short"
-                for r in results if r.get("window_short")]
+    short = [r for r in results if r.get("window_short")]
+    warnings = [f"{len(short)} benchmark window(s) ended on the time budget (benchmark.max_window_s "
+                f"{cfg.max_window_s:g} s) before min_runs {cfg.min_runs}, e.g. {short[0]['model']} at batch "
+                f"{short[0]['batch_size']} after {short[0]['runs']} calls: its interval is wider"] if short else []
     warnings += [f"peak memory of {label} not measured: {m['error']}" for label, m in memory.items() if "error" in m]
     for w in warnings:
         state.warn(w)

@@ -38,7 +38,13 @@ STAGES: tuple[type[Stage], ...] = (
 
 
 def stages_for(cfg: Any) -> list[Stage]:
-    """The stages of a run of ``cfg``, in order."""
+    """The stages of a run of ``cfg``, in order: the shared ones, or a task's own list when its adapter has
+    ``stages()`` (causal-lm: perplexity and per-token latency do not fit the classifier stages)."""
+    from kd2deploy.tasks.base import task_of
+
+    adapter = task_of(cfg)
+    if hasattr(adapter, "stages"):
+        return adapter(cfg).stages()
     return [cls() for cls in STAGES if getattr(cls, "applies", None) is None or cls.applies(cfg)]
 
 

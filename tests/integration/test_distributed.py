@@ -1,7 +1,7 @@
 """Training under torchrun with 2 CPU processes (gloo) gives the single-process result, writes one set of files,
 and a killed rank stops the whole run with one clear line; the same command then resumes and finishes.
 
-Tolerance (stated in the README): per seed and arm, test accuracy equal to the single-process run within one
+Tolerance (stated in docs/distributed.md): per seed and arm, test accuracy equal to the single-process run within one
 flipped test prediction (1/360), final training loss within 1e-4 and weights within 1e-4. The summed gradient is
 the single-process gradient up to float summation order, so in practice they agree to ~1e-7. The student is an
 MLP: with batch norm each rank normalises with its own slice's statistics (as DDP without SyncBatchNorm does),

@@ -91,7 +91,7 @@ class TextTask:
                 f"{len(d.test[0])} from {d.source}")
         return {"source": d.source, "path_as_given": self.t.data.path, "labels": d.labels, "class_names": d.labels,
                 "preprocessing": f"tokenise with the tokenizer.json beside the model (truncation at {n} tokens)",
-                "num_classes": len(d.labels), "train": len(d.train[0]), "val": len(d.val[0]),
+                "num_classes": len(d.labels), "input_shape": [n], "train": len(d.train[0]), "val": len(d.val[0]),
                 "test": len(d.test[0]), "max_seq_len": n, "split_seed": self.cfg.seed,
                 "split": f"stratified, seeded; val {self.t.data.val_fraction}, test {self.t.data.test_fraction}"}
 
@@ -104,13 +104,16 @@ class TextTask:
         from kd2deploy.tasks.text.models import load_teacher
         from kd2deploy.tasks.text.train import accuracy, fine_tune
 
+        import torch
+
         folder = resolve_location(self.t.teacher.model)
+        torch.manual_seed(self.cfg.seed)  # a new classification head is initialised here: make it reproducible
         teacher, tune, why = load_teacher(folder, self.data.labels, self.t.teacher.fine_tune)
         record: dict[str, Any] = {
             "arch": type(teacher).__name__, "folder": str(folder), "as_given": self.t.teacher.model,
             "fine_tuned": tune, "why": why, "num_layers": teacher.config.num_hidden_layers,
             "hidden_size": teacher.config.hidden_size, "params": sum(p.numel() for p in teacher.parameters()),
-            "source": "fine-tuned" if tune else "as given", "curve": []}
+            "source": "trained" if tune else "checkpoint", "curve": []}
         if tune:
             ptask = progress.add_task("teacher fine-tune", total=self.t.teacher.train.epochs, info="")
             resume = state.resumes.get("teacher")
@@ -258,6 +261,7 @@ class TextTask:
         info["path"] = str((folder / "model.onnx").relative_to(state.dir / "models"))
         info["size_bytes"] = (folder / "model.onnx").stat().st_size
         info["sha256"] = sha256_file(folder / "model.onnx")
+        info["opset"] = onnx_opset(folder / "model.onnx")
         if info["parity"]["argmax_agreement"] < self.cfg.export.min_argmax_agreement:
             raise StageError(f"export of {name}: ONNX and PyTorch disagree on "
                              f"{1 - info['parity']['argmax_agreement']:.2%} of test predictions")
@@ -336,6 +340,13 @@ class TextTask:
             "latencies above exclude it. The shipped folder answered one prediction through plain onnxruntime + "
             f"tokenizers ({check.get('plain_onnxruntime')}) and through optimum ({check.get('optimum', 'n/a')})"
             + ("; they agree." if check.get("agree") else "."))}]
+
+
+def onnx_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def tree_sha256(path: Path) -> dict[str, str]:
