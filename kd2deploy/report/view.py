@@ -111,7 +111,10 @@ def _kpis(results: dict[str, Any]) -> list[dict[str, Any]]:
 
         acc_kpi.update(
             value=f"{delta:+.2f} pp",
-            good=(paired["ci95"][0] > -budget / 100) if paired else delta >= -budget,
+            # resolved within (green), resolved beyond (red), or unresolved (uncoloured): as the verdict decides
+            good=((True if paired["ci95"][0] > -budget / 100 else (False if paired["ci95"][1] < -budget / 100
+                                                                    else None))
+                  if paired else delta >= -budget),
             sub=(f"95 % CI {100 * paired['ci95'][0]:+.2f} to {100 * paired['ci95'][1]:+.2f} pp (paired, "
                  f"{paired['n']} test samples, McNemar p = {paired['p_mcnemar']:.2g}); " if paired else "")
             + f"shipped {100 * h['student_accuracy']:.2f} %{ci(acc.get('shipped'))} vs teacher "
