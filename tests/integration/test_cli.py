@@ -14,7 +14,7 @@ from tests.conftest import TINY_PIPELINE, cli_env
 
 def kd2deploy(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kd2deploy", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env=cli_env(cwd or "."))
+                          timeout=1200, env=cli_env(cwd or "."))
 
 
 def test_version():
