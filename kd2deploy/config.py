@@ -32,6 +32,7 @@ from kd2deploy.export.variants import VariantsConfig
 from kd2deploy.ship.guard import ShipPolicy
 from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
 from kd2deploy.targets.config import TargetConfig
+from kd2deploy.tasks.causal_lm.config import CausalLMConfig
 from kd2deploy.tasks.text.config import TextConfig
 
 
@@ -77,8 +78,12 @@ class DataConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------- models
-class TrainConfig(Strict):
-    """One training run's budget and optimiser."""
+class StudentTrainConfig(Strict):
+    """The students' shared budget and optimiser (``distill.train``).
+
+    No ``label_smoothing`` here: each arm sets its own (KD and scratch none, the label_smoothing control
+    ``distill.control_label_smoothing``), so a shared value would be silently ignored; the key is rejected.
+    """
 
     epochs: PositiveInt = 30
     batch_size: PositiveInt = 64
@@ -86,6 +91,11 @@ class TrainConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class TrainConfig(StudentTrainConfig):
+    """One training run's budget and optimiser (the teacher's, with its label smoothing)."""
+
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
@@ -328,7 +338,7 @@ class DistillConfig(Strict):
         "labels, the teacher trained on that fraction only (kd2deploy/distill/label_efficiency.py)")
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     teacher_store: TeacherStoreConfig = Field(default_factory=TeacherStoreConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=120, lr=1e-2))
+    train: StudentTrainConfig = Field(default_factory=lambda: StudentTrainConfig(epochs=120, lr=1e-2))
 
     @field_validator("loss")
     @classmethod
@@ -386,6 +396,10 @@ class BenchmarkConfig(Strict):
     warmup_runs: Annotated[int, Field(ge=0)] = 10
     min_duration_s: PositiveFloat = 1.0
     min_runs: PositiveInt = 100
+    max_window_s: PositiveFloat = Field(
+        10.0, description="time budget of one window (warm-up included): a window stops when it has min_runs calls "
+        "and min_duration_s, or when this budget is spent, whichever comes first; the result says which "
+        "(window_short) — for slow models (a transformer at batch 32) the budget, not min_runs, ends the window")
     rounds: PositiveInt = 3
     renew_sessions: bool = Field(
         True, description="from round 2 on, time a freshly created session, so session-to-session variation "
@@ -442,7 +456,7 @@ class ReportConfig(Strict):
 
 
 TENSOR_SECTIONS = frozenset({"data", "teacher", "student", "distill"})  # the tensor task's own sections
-TASK_SECTIONS = ("text",)  # sections that belong to one task each
+TASK_SECTIONS = ("text", "causal_lm")  # sections that belong to one task each
 
 
 class PipelineConfig(Strict):
@@ -464,8 +478,11 @@ class PipelineConfig(Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     task: str = Field(
         "tensor", description="which task adapter runs the pipeline (kd2deploy/tasks/): tensor (the data / teacher / "
-        "student / distill sections) or text (Hugging Face text classification, its text section)")
+        "student / distill sections), text (Hugging Face text classification, its text section) or causal-lm (its "
+        "causal_lm section)")
     text: TextConfig | None = Field(None, description="task: text only (see kd2deploy/tasks/text/config.py)")
+    causal_lm: CausalLMConfig | None = Field(
+        None, description="task: causal-lm only (see kd2deploy/tasks/causal_lm/config.py)")
     targets: list[TargetConfig] = Field(
         default_factory=list, description="edge devices benchmarked over SSH after the local benchmark "
         "(see kd2deploy/targets/config.py)")
@@ -510,7 +527,8 @@ class PipelineConfig(Strict):
                 from kd2deploy.export.variants import Int8DynamicSpec, TransformerFusionSpec, VariantsConfig
 
                 self.__dict__["variants"] = VariantsConfig(
-                    variants=[Int8DynamicSpec(), TransformerFusionSpec()], apply_to=["student"])
+                    variants=[v for v in (Int8DynamicSpec(), TransformerFusionSpec())
+                              if v.kind in adapter.capabilities.variant_kinds], apply_to=["student"])
         problems = check_capabilities(self, adapter.capabilities, self.task)
         if problems:
             raise ValueError(problems[0])

@@ -45,6 +45,9 @@ def _peak_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
 
 
+peak_bytes = _peak_bytes  # the public name (other tasks' memory probes)
+
+
 def probe(path: str, batch_size: int, threads: int, graph_optimization: str, runs: int = 5) -> dict[str, Any]:
     """Runs in the child process: imports, session, ``runs`` runs; returns the two peaks in bytes."""
     import numpy  # noqa: F401 - counted in the baseline, as in any inference process

@@ -42,9 +42,6 @@ def load_results(run: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    if isinstance(results, dict) and results.get("task") == "text":
-        raise ConfigError(f"{path}: a task: text run; re-rendering, --device and compare are built for tensor "
-                          "runs only (its report.md / report.html are written by the run itself)")
     validate_results(results, source=path)
     return results
 

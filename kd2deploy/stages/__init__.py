@@ -15,7 +15,7 @@ from kd2deploy.stages.data import DataStage
 from kd2deploy.stages.energy import EnergyStage
 from kd2deploy.stages.export import ExportStage
 from kd2deploy.stages.report import ReportStage
-from kd2deploy.stages.ship import ShipStage
+from kd2deploy.stages.ship import SelectStage, ShipStage
 from kd2deploy.stages.students import StudentsStage
 from kd2deploy.stages.targets import TargetsStage
 from kd2deploy.stages.teacher import TeacherStage
@@ -29,6 +29,7 @@ STAGES: tuple[type[Stage], ...] = (
     ExportStage,
     VariantsStage,
     BenchmarkStage,
+    SelectStage,
     EnergyStage,
     ShipStage,
     TargetsStage,
@@ -37,7 +38,13 @@ STAGES: tuple[type[Stage], ...] = (
 
 
 def stages_for(cfg: Any) -> list[Stage]:
-    """The stages of a run of ``cfg``, in order."""
+    """The stages of a run of ``cfg``, in order: the shared ones, or a task's own list when its adapter has
+    ``stages()`` (causal-lm: perplexity and per-token latency do not fit the classifier stages)."""
+    from kd2deploy.tasks.base import task_of
+
+    adapter = task_of(cfg)
+    if hasattr(adapter, "stages"):
+        return adapter(cfg).stages()
     return [cls() for cls in STAGES if getattr(cls, "applies", None) is None or cls.applies(cfg)]
 
 

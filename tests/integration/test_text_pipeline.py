@@ -124,3 +124,14 @@ def test_onnx_axes_are_dynamic(text_run):
     for inp in m.graph.input:
         dims = [d.dim_param for d in inp.type.tensor_type.shape.dim]
         assert all(dims), (inp.name, dims)  # both batch and sequence axes symbolic
+
+
+def test_report_and_compare_work_on_a_text_run(text_run, tmp_path):
+    run_dir, _, _ = text_run
+    md = (run_dir / "report.md").read_text()
+    again = kd2deploy("report", str(run_dir), "--format", "md", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run_dir / "report.md").read_text() == md  # results.json validates and re-renders the same report
+    cmp = kd2deploy("compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp.md"), cwd=tmp_path)
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    assert "tinytext" in (tmp_path / "cmp.md").read_text()

@@ -79,7 +79,7 @@ def test_missing_files_and_packages_are_named(text_files):
         load_config(_write(text_files, BASE.replace("model}", "package:no_such_pkg_kd2/model}")))
     with pytest.raises(ValueError, match="not found inside package 'kd2deploy'"):
         resolve_location("package:kd2deploy/no/such/file")
-    assert resolve_location("package:kd2deploy/text").is_dir()
+    assert resolve_location("package:kd2deploy/tasks/text").is_dir()
 
 
 @pytest.mark.parametrize("kind", ["int8-static", "fp16"])
@@ -149,3 +149,20 @@ def test_sweep_and_report_refuse_text_runs(tmp_path, text_files):
     out = subprocess.run([sys.executable, "-m", "kd2deploy", "sweep", str(p)], capture_output=True, text=True,
                          env=cli_env(tmp_path), timeout=120)
     assert out.returncode == 2 and "sweep is not built for task: text" in out.stderr
+
+
+def test_derived_defaults_follow_the_values_they_depend_on(text_files):
+    """A pipeline that shortens the sequences is not refused by the benchmark's default length."""
+    cfg = load_config(_write(text_files, BASE.replace("{path: d.csv}", "{path: d.csv, max_seq_len: 64}")))
+    assert cfg.text.bench.seq_lens == [64]
+    assert load_config(_write(text_files, BASE)).text.bench.seq_lens == [128]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("distill:\n  seeds: [1]\n", "distill: does not apply to task text; its settings live in the text section"),
+    ("variants: {variants: [{kind: fp16}]}\n", "kind 'fp16' is not supported for task text"),
+    ("benchmark: {backends: [tensorrt]}\n", "'tensorrt' is not supported for task text"),
+])
+def test_sections_and_capabilities_the_text_task_does_not_have_are_refused(text_files, body, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(text_files, BASE + body))

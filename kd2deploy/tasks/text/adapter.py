@@ -34,6 +34,7 @@ class TextTask:
     """Adapter of the text task: see :class:`kd2deploy.tasks.base.TaskAdapter` for the contract."""
 
     name: ClassVar[str] = "text"
+    ship_file: ClassVar[str] = "ship/student/model.onnx"
     capabilities: ClassVar[Capabilities] = Capabilities(
         section="text", variant_kinds=TEXT_VARIANT_KINDS,
         backends=frozenset({"onnxruntime-cpu", "onnxruntime-cuda"}), torch_baseline=True, distributed=False,
@@ -90,7 +91,7 @@ class TextTask:
                 f"{len(d.test[0])} from {d.source}")
         return {"source": d.source, "path_as_given": self.t.data.path, "labels": d.labels, "class_names": d.labels,
                 "preprocessing": f"tokenise with the tokenizer.json beside the model (truncation at {n} tokens)",
-                "num_classes": len(d.labels), "train": len(d.train[0]), "val": len(d.val[0]),
+                "num_classes": len(d.labels), "input_shape": [n], "train": len(d.train[0]), "val": len(d.val[0]),
                 "test": len(d.test[0]), "max_seq_len": n, "split_seed": self.cfg.seed,
                 "split": f"stratified, seeded; val {self.t.data.val_fraction}, test {self.t.data.test_fraction}"}
 
@@ -99,17 +100,20 @@ class TextTask:
 
     # ----------------------------------------------------------------------------------------- teacher
     def train_teacher(self, state: RunState, progress: Any) -> list[str]:
+        import torch
+
         from kd2deploy.tasks.text.config import resolve_location
         from kd2deploy.tasks.text.models import load_teacher
         from kd2deploy.tasks.text.train import accuracy, fine_tune
 
         folder = resolve_location(self.t.teacher.model)
+        torch.manual_seed(self.cfg.seed)  # a new classification head is initialised here: make it reproducible
         teacher, tune, why = load_teacher(folder, self.data.labels, self.t.teacher.fine_tune)
         record: dict[str, Any] = {
             "arch": type(teacher).__name__, "folder": str(folder), "as_given": self.t.teacher.model,
             "fine_tuned": tune, "why": why, "num_layers": teacher.config.num_hidden_layers,
             "hidden_size": teacher.config.hidden_size, "params": sum(p.numel() for p in teacher.parameters()),
-            "source": "fine-tuned" if tune else "as given", "curve": []}
+            "source": "trained" if tune else "checkpoint", "curve": []}
         if tune:
             ptask = progress.add_task("teacher fine-tune", total=self.t.teacher.train.epochs, info="")
             resume = state.resumes.get("teacher")
@@ -164,12 +168,12 @@ class TextTask:
 
         from kd2deploy.distill.arms import Arm
         from kd2deploy.tasks.text.models import build_student
-        from kd2deploy.tasks.text.train import History, distil, fine_tune, predict_logits
+        from kd2deploy.tasks.text.train import History, distil, fine_tune
 
         d = self.t.distill
         terms = {t.loss for t in d.terms}
         logit_only = not terms & {"hidden", "attention"}
-        logits = (torch.from_numpy(predict_logits(state.teacher, self.encoded["train"])) if logit_only else None)
+        logits, store = self._teacher_logits(state) if logit_only else (None, {"used": False})
         arms = []
         for seed in d.seeds:
             arms.append(Arm("kd", seed, temperature=d.temperature, alpha=d.alpha))
@@ -205,12 +209,39 @@ class TextTask:
             "temperature": d.temperature, "alpha": d.alpha, "train": d.train.model_dump(),
             "student": {k: info[k] for k in ("num_layers", "hidden_size", "init", "layer_map", "teacher_layers")},
             "student_arch": f"{type(state.teacher).__name__}, {info['num_layers']} layers",
-            "teacher_outputs": "stored once (logit terms only)" if logit_only else
-            "per batch (hidden / attention terms need the teacher's activations)",
+            "teacher_outputs": "from the teacher-output store" if store.get("key") else
+            "computed once" if logit_only else "per batch (hidden / attention terms need the teacher's activations)",
+            "transfer": {"teacher_store": store},
             "controls": "same initialisation (teacher layers), data, batches and schedule; hard labels"
                         " (label_smoothing: smoothed)",
         }
         return arms, trained, record
+
+    def _teacher_logits(self, state: RunState):
+        """The teacher's logits on the training texts (logit terms need nothing else): from the teacher-output
+        store under ``<out>/.cache/teacher_outputs`` (keyed by the teacher's weights and the token ids), computed
+        once when absent; in memory when the cache is off."""
+        import torch
+
+        from kd2deploy.distill.store import teacher_outputs
+        from kd2deploy.tasks.text.train import predict_logits
+
+        train = self.encoded["train"]
+        if not state.use_cache:
+            return (torch.from_numpy(predict_logits(state.teacher, train)),
+                    {"used": False, "reason": "the cache is off: computed once in memory"})
+        n = max(len(r) for r in train.ids)
+        ids = torch.tensor([r + [train.pad_id] * (n - len(r)) for r in train.ids])
+        full: list = []
+
+        def logits_of(a: int, b: int):
+            if not full:
+                full.append(torch.from_numpy(predict_logits(state.teacher, train)))
+            return full[0][a:b]
+
+        outputs, record = teacher_outputs(state.teacher, ids, Path(state.out) / ".cache" / "teacher_outputs",
+                                          self.cfg.resolved()["text"]["data"], None, logits_of=logits_of)
+        return outputs, {**record, "used": True}
 
     def accuracy(self, model, split: str) -> float:
         from kd2deploy.tasks.text.train import accuracy
@@ -257,6 +288,7 @@ class TextTask:
         info["path"] = str((folder / "model.onnx").relative_to(state.dir / "models"))
         info["size_bytes"] = (folder / "model.onnx").stat().st_size
         info["sha256"] = sha256_file(folder / "model.onnx")
+        info["opset"] = onnx_opset(folder / "model.onnx")
         if info["parity"]["argmax_agreement"] < self.cfg.export.min_argmax_agreement:
             raise StageError(f"export of {name}: ONNX and PyTorch disagree on "
                              f"{1 - info['parity']['argmax_agreement']:.2%} of test predictions")
@@ -335,6 +367,13 @@ class TextTask:
             "latencies above exclude it. The shipped folder answered one prediction through plain onnxruntime + "
             f"tokenizers ({check.get('plain_onnxruntime')}) and through optimum ({check.get('optimum', 'n/a')})"
             + ("; they agree." if check.get("agree") else "."))}]
+
+
+def onnx_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def tree_sha256(path: Path) -> dict[str, str]:

@@ -141,8 +141,8 @@ class TextDistillConfig(Strict):
 class TextBenchConfig(Strict):
     """Text-specific benchmark settings; threads, batch sizes and windows come from the ``benchmark`` section."""
 
-    seq_lens: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=1)] = Field(
-        default_factory=lambda: [128], description="sequence lengths timed (inputs padded/truncated to each)")
+    seq_lens: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=1)] | None = Field(
+        None, description="sequence lengths timed (inputs padded/truncated to each); default: [data.max_seq_len]")
     tokenizer_samples: PositiveInt = Field(200, description="test texts tokenised one by one for the timing")
 
 
@@ -159,6 +159,8 @@ class TextConfig(Strict):
 
     @model_validator(mode="after")
     def _ship_seq_len(self) -> TextConfig:
+        if self.bench.seq_lens is None:  # derived: follows data.max_seq_len unless set
+            self.bench.seq_lens = [self.data.max_seq_len]
         too_long = [s for s in self.bench.seq_lens if s > self.data.max_seq_len]
         if too_long:
             raise ValueError(f"bench.seq_lens {too_long} exceed data.max_seq_len {self.data.max_seq_len}; "

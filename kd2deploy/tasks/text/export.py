@@ -129,5 +129,5 @@ def parity(torch_logits: np.ndarray, onnx_out: np.ndarray, labels: np.ndarray, a
         "argmax_agreement": float((torch_logits.argmax(-1) == onnx_out.argmax(-1)).mean()),
         "accuracy_torch": float((torch_logits.argmax(-1) == labels).mean()),
         "accuracy_onnx": float((onnx_out.argmax(-1) == labels).mean()),
-        "samples": len(labels),
+        "n_samples": len(labels),
     }
