@@ -78,8 +78,12 @@ class DataConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------------- models
-class TrainConfig(Strict):
-    """One training run's budget and optimiser."""
+class StudentTrainConfig(Strict):
+    """The students' shared budget and optimiser (``distill.train``).
+
+    No ``label_smoothing`` here: each arm sets its own (KD and scratch none, the label_smoothing control
+    ``distill.control_label_smoothing``), so a shared value would be silently ignored; the key is rejected.
+    """
 
     epochs: PositiveInt = 30
     batch_size: PositiveInt = 64
@@ -87,6 +91,11 @@ class TrainConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class TrainConfig(StudentTrainConfig):
+    """One training run's budget and optimiser (the teacher's, with its label smoothing)."""
+
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
@@ -257,7 +266,7 @@ class DistillConfig(Strict):
     )
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     teacher_store: TeacherStoreConfig = Field(default_factory=TeacherStoreConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=120, lr=1e-2))
+    train: StudentTrainConfig = Field(default_factory=lambda: StudentTrainConfig(epochs=120, lr=1e-2))
 
     @field_validator("loss")
     @classmethod

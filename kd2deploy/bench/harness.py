@@ -1,4 +1,4 @@
-"""Latency harness: interleaved, warmed-up, per-call timing with bootstrap confidence intervals.
+"""Latency harness: interleaved, warmed-up, per-call timing with calibrated confidence intervals.
 
 This file imports only the standard library, numpy and onnxruntime (the latter lazily), so it can be copied
 alone to an edge device and run there::
@@ -18,9 +18,14 @@ What a number means:
 - For each batch size the models run in ``rounds`` rounds; round r rotates the order of the models by r, so
   slow drift (thermal, frequency, a neighbour on the host) hits every model alike. Latencies are pooled over
   rounds before the statistics.
-- ``p50_ci95_us`` is a seeded two-level bootstrap 95 % interval of the median (rounds resampled, then
-  latencies within them), so drift between rounds widens it; :func:`ratio_ci` gives the same for a ratio of
-  two medians (teacher p50 / student p50 is the student's speed-up), resampling the rounds as pairs.
+- ``p50_ci95_us`` is a 95 % interval of the median that holds its coverage when sessions differ: the wider of
+  (a) a Student-t interval over the rounds' log medians (each round is a window in its own session, so the
+  spread of round medians carries session-to-session and drift variation, judged with rounds - 1 degrees of
+  freedom) and (b) a seeded two-level bootstrap (rounds resampled, then latencies within them), which covers
+  the noise inside the windows. A bootstrap alone, over 3 clusters, under-covers when sessions differ;
+  ``tests/unit/test_latency_coverage.py`` simulates it. With fewer than 3 rounds only (b) applies.
+  :func:`ratio_ci` does the same for a ratio of two medians (teacher p50 / student p50 is the student's
+  speed-up) with the rounds paired.
 """
 
 from __future__ import annotations
@@ -510,14 +515,55 @@ def _medians(x: Samples, bootstrap: int, rng: np.random.Generator, picks: np.nda
     return round_medians(rounds, picks, rng)
 
 
+# t quantiles (0.975) for 1..30 degrees of freedom: this file must not need scipy on an edge device
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (a table to 30, then Cornish-Fisher)."""
+    if df < 1:
+        raise ValueError(f"t975: df must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+MIN_T_ROUNDS = 3  # with 2 rounds (1 degree of freedom, t = 12.7) the interval would be uselessly wide
+
+
+def rounds_log_halfwidth(log_values: Sequence[float]) -> float | None:
+    """Half-width, in log units, of the t 95 % interval of the mean of per-round log values; None under
+    ``MIN_T_ROUNDS`` rounds (then only the bootstrap interval applies: it misses session-to-session spread)."""
+    v = np.asarray(log_values, dtype=np.float64)
+    if v.size < MIN_T_ROUNDS:
+        return None
+    return t975(v.size - 1) * float(v.std(ddof=1)) / float(np.sqrt(v.size))
+
+
+def _hull(point: float, lo: float, hi: float, half_log: float | None) -> tuple[float, float]:
+    """The wider of the bootstrap interval and ``point * exp(+-half_log)``."""
+    if half_log is None:
+        return lo, hi
+    return min(lo, point * float(np.exp(-half_log))), max(hi, point * float(np.exp(half_log)))
+
+
 def median_ci(x: Samples, bootstrap: int, seed: int) -> tuple[float, float]:
-    """Bootstrap 95 % interval (percentile method) of the median of ``x``: pooled latencies, or one array per
-    round (then rounds are resampled too, see :func:`round_medians`)."""
+    """95 % interval of the median of ``x``: pooled latencies (bootstrap, percentile method), or one array per
+    round: the wider of the two-level bootstrap (:func:`round_medians`) and the t interval over the rounds' log
+    medians (see the module docstring: that one holds its coverage when sessions differ)."""
     rng = np.random.default_rng(seed)
-    n_rounds = len(_rounds(x))
+    rounds = _rounds(x)
+    n_rounds = len(rounds)
     picks = rng.integers(0, n_rounds, size=(bootstrap, n_rounds))
     lo, hi = np.percentile(_medians(x, bootstrap, rng, picks), [2.5, 97.5])
-    return float(lo), float(hi)
+    if n_rounds < 2:
+        return float(lo), float(hi)
+    point = float(np.median(np.concatenate(rounds)))
+    half = rounds_log_halfwidth([np.log(np.median(r)) for r in rounds]) if point > 0 else None
+    return _hull(point, float(lo), float(hi), half)
 
 
 def ratio_ci(lat_a_us: Samples, lat_b_us: Samples, bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
@@ -525,7 +571,8 @@ def ratio_ci(lat_a_us: Samples, lat_b_us: Samples, bootstrap: int = 1000, seed: 
 
     Given one array per round for both (measured in the same alternating rounds), the rounds are resampled
     as pairs, so drift that slows both models alike cancels in the ratio while drift that does not widens
-    the interval; given pooled arrays, a and b are resampled independently.
+    the interval, and the interval is at least the t interval of the per-round log ratios (rounds - 1 degrees
+    of freedom); given pooled arrays, a and b are resampled independently.
 
     Returns:
         (ratio, lo, hi).
@@ -540,7 +587,12 @@ def ratio_ci(lat_a_us: Samples, lat_b_us: Samples, bootstrap: int = 1000, seed: 
     boot = _medians(ra, bootstrap, rng, picks) / _medians(rb, bootstrap, rng, picks)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     a, b = np.concatenate(ra), np.concatenate(rb)
-    return float(np.median(a) / np.median(b)), float(lo), float(hi)
+    ratio = float(np.median(a) / np.median(b))
+    if picks is not None and ratio > 0 and all(np.median(r) > 0 for r in (*ra, *rb)):
+        # paired rounds: the t interval of the mean per-round log ratio (drift common to both cancels)
+        half = rounds_log_halfwidth([np.log(np.median(x) / np.median(y)) for x, y in zip(ra, rb, strict=True)])
+        lo, hi = _hull(ratio, float(lo), float(hi), half)
+    return ratio, float(lo), float(hi)
 
 
 def ratios(

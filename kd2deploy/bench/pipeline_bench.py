@@ -149,7 +149,8 @@ def benchmark_models(state, progress) -> dict[str, Any]:
 
 
 def inference_energy(state, progress) -> dict[str, Any]:
-    """Energy per inference of teacher and student (onnxruntime CPU), with an idle baseline."""
+    """Energy per inference of the FP32 teacher and the student that ships (the FP32 student or the variant the
+    shipping guard picked; ``student_file`` says which), onnxruntime CPU, with an idle baseline."""
     from kd2deploy.bench.harness import create_ort_session, ort_runner
     from kd2deploy.energy.meter import measure_inference_energy
 
@@ -158,9 +159,14 @@ def inference_energy(state, progress) -> dict[str, Any]:
         return {"enabled": False}
     settings = harness_settings(state.cfg.benchmark)
     x = state.task.bench_inputs(cfg.batch_size, state.task.bench_shapes()[0])
+    # "student" is the file that ships: the shipping guard's pick (stage "select") when it chose a variant
+    shipped = ((state.results.get("variants") or {}).get("student") or {}).get("selection", {}).get("shipped")
+    files = {name: state.onnx[name] for name in COMPARED}
+    if shipped and shipped in state.variants:
+        files["student"] = state.variants[shipped][1]
     runners = {}
     for name in COMPARED:
-        session, _ = create_ort_session(state.onnx[name], settings)
+        session, _ = create_ort_session(files[name], settings)
         runners[name] = (ort_runner(session, x), cfg.batch_size)
     n_windows = (len(runners) + int(cfg.idle_baseline)) * cfg.repeats
     task = progress.add_task("energy windows", total=n_windows, info="")
@@ -169,6 +175,8 @@ def inference_energy(state, progress) -> dict[str, Any]:
         progress=lambda done, total, label: progress.update(task, completed=done, info=label),
     )
     m = res["models"]
+    res["student_file"] = files["student"].relative_to(state.dir).as_posix() if files["student"].is_relative_to(
+        state.dir) else str(files["student"])
 
     def ratio(key: str) -> float | None:
         t, s = ((m[n].get(key) or {}).get("mean") for n in COMPARED)

@@ -149,9 +149,13 @@ def write(folder: Path, logits: torch.Tensor, top_k: int | None) -> None:
 
 
 def teacher_outputs(teacher: torch.nn.Module, x: torch.Tensor, root: Path, data_cfg: dict[str, Any],
-                    top_k: int | None = None) -> tuple[StoredLogits, dict[str, Any]]:
+                    top_k: int | None = None, logits_of=None) -> tuple[StoredLogits, dict[str, Any]]:
     """The teacher's logits on ``x`` from the store under ``root``, computed (sharded over ranks) and written by
-    rank 0 first when absent. Returns (outputs, a record for results.json). Every rank must call it."""
+    rank 0 first when absent. Returns (outputs, a record for results.json). Every rank must call it.
+
+    ``logits_of(a, b)`` computes the logits of samples ``a:b`` when the teacher does not take ``x`` as it is
+    (text: ``x`` is the padded token ids that key the entry; the task's own batching computes the logits).
+    """
     import time
 
     from kd2deploy.distill import dist
@@ -163,7 +167,7 @@ def teacher_outputs(teacher: torch.nn.Module, x: torch.Tensor, root: Path, data_
     found = dist.broadcast_object(load(folder) is not None if dist.is_main() else None)
     if not found:
         a, b = dist.my_slice(len(x))
-        part = teacher_logits_of(teacher, x[a:b])
+        part = logits_of(a, b) if logits_of is not None else teacher_logits_of(teacher, x[a:b])
         parts = dist.all_gather_object(part)
         if dist.is_main():
             write(folder, torch.cat(parts), top_k)

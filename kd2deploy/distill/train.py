@@ -141,7 +141,7 @@ def fit(
     live = perturb is not None and perturb.active
     if loss_fn is not None and teacher_logits is None and not (live and teacher_fn is not None):
         raise ValueError("distillation needs teacher_logits (or teacher_fn with per-step perturbations)")
-    smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
+    smoothing = getattr(cfg, "label_smoothing", 0.0) if label_smoothing is None else label_smoothing
     order = BatchOrder(len(y_train), cfg.batch_size, seed, pool)
     aug_gen = torch.Generator().manual_seed(seed + 7919)
     extra = list(extra_params or [])

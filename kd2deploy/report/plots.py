@@ -93,36 +93,54 @@ def throughput_plot(bench: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def curves_plot(results: dict[str, Any]) -> str | None:
-    """Validation accuracy per epoch: every seed thin, the mean of each arm thick; teacher's test line."""
-    per_seed = results.get("distill", {}).get("per_seed") or []
-    if not per_seed:
-        return None
+def curve_errors(results: dict[str, Any]) -> dict[str, Any]:
+    """Validation error rate (1 - accuracy) per epoch per arm: ``{arm: (epochs, per-seed stack)}``, and the
+    teacher's validation error under ``"teacher"`` (None when unknown). Zero errors are floored at half a
+    sample, so a log axis can show them."""
     import numpy as np
 
-    fig, ax = _fig()
-    arms = [a for a in ("kd", "scratch", "label_smoothing") if a in per_seed[0]]
+    per_seed = results.get("distill", {}).get("per_seed") or []
+    n_val = (results.get("data") or {}).get("n_val") or 0
+    floor = 0.5 / n_val if n_val else 1e-4
+    out: dict[str, Any] = {}
+    arms = [a for a in ("kd", "scratch", "label_smoothing") if per_seed and a in per_seed[0]]
     for arm in arms:
-        curves = [
-            np.array([e["val_acc"] for e in s[arm]["curve"]]) for s in per_seed if s.get(arm, {}).get("curve")
-        ]
+        curves = [np.array([e["val_acc"] for e in s[arm]["curve"]]) for s in per_seed if s.get(arm, {}).get("curve")]
         if not curves:
             continue
         n = min(len(c) for c in curves)
-        stack = np.stack([c[:n] for c in curves])
-        epochs = np.arange(1, n + 1)
+        out[arm] = (np.arange(1, n + 1), np.maximum(1.0 - np.stack([c[:n] for c in curves]), floor))
+    t = results.get("models", {}).get("teacher", {}).get("val_accuracy_torch")
+    out["teacher"] = None if t is None else max(1.0 - t, floor)
+    return out
+
+
+def curves_plot(results: dict[str, Any]) -> str | None:
+    """Validation error rate per epoch on a log axis (where the arms differ: the last percent), every seed thin,
+    each arm's mean thick, the teacher's validation error dashed."""
+    data = curve_errors(results)
+    if len(data) < 2:
+        return None
+    fig, ax = _fig()
+    for arm, (epochs, stack) in ((a, v) for a, v in data.items() if a != "teacher"):
         for c in stack:
             ax.plot(epochs, c, color=COLORS.get(arm), alpha=0.2, lw=0.7)
         ax.plot(epochs, stack.mean(0), color=COLORS.get(arm), lw=2, label=f"{arm} (mean of {len(stack)})")
-    t = results.get("models", {}).get("teacher", {}).get("val_accuracy_torch")
-    if t:
-        ax.axhline(t, color=COLORS["teacher"], ls="--", lw=1, label="teacher (val)")
-    ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.0)
+    if data["teacher"] is not None:
+        ax.axhline(data["teacher"], color=COLORS["teacher"], ls="--", lw=1, label="teacher (val)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_percent_formatter())
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Training curves: KD vs controls")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylabel("validation error rate (log scale)")
+    ax.set_title("Training curves: KD vs controls (lower is better)")
+    ax.legend(fontsize=8, loc="upper right")
     return _png(fig)
+
+
+def _percent_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda y, _: f"{100 * y:g} %")
 
 
 def tradeoff_plot(points: list[dict[str, Any]], x_key: str, x_label: str, title: str) -> str | None:

@@ -20,12 +20,15 @@ def _budget(results: dict[str, Any]) -> float:
 
 
 def verdict(results: dict[str, Any]) -> dict[str, Any]:
-    """Ship the student, or the reasons not to, from the headline and the report's accuracy budget.
+    """The verdict about ship/student.onnx: the headline's (:mod:`kd2deploy.report.verdict`, with intervals), or
+    for an older results.json the point-estimate rule it was written with.
 
     Returns:
-        ``{"ship": bool, "title": str, "reasons": [str], "text": str}``; ``text`` joins title and reasons.
+        ``{"ship": bool, "decision": str, "title": str, "reasons": [str], "text": str, ...}``.
     """
     h = results.get("headline") or {}
+    if h.get("verdict"):
+        return h["verdict"]
     budget = _budget(results)
     reasons = []
     delta = h.get("accuracy_delta_pp")
@@ -44,7 +47,8 @@ def verdict(results: dict[str, Any]) -> dict[str, Any]:
     ship = not reasons
     title = "Ship the student" if ship else "Do not ship yet"
     detail = h.get("text", "").removeprefix("student: ") if ship else "; ".join(reasons)
-    return {"ship": ship, "title": title, "reasons": reasons, "text": f"{title}: {detail}"}
+    return {"ship": ship, "decision": "ship" if ship else "do not ship", "title": title, "reasons": reasons,
+            "evidence": [], "text": f"{title}: {detail}"}
 
 
 def _kpi(id_: str, title: str, sub: str, label: str | None = None) -> dict[str, Any]:
@@ -59,11 +63,19 @@ def _kpis(results: dict[str, Any]) -> list[dict[str, Any]]:
     ci = _get(h, "speedup_p50", str(b), "ci95") or [None, None]
     speed_kpi = _kpi("speedup", "Speed-up", "no teacher/student latency comparison")
     if speed is not None:
+        floor = _get(h, "speedups", "teacher", str(b), "aa_floor") or 1.0
+        best = h.get("teacher_best")
+        best_row = _get(h, "speedups", "teacher_best", str(b)) if best and best != "teacher" else None
         speed_kpi.update(
             value=f"{speed:.2f}×" + ("" if speed >= 1 else " (slower)"),
-            good=(ci[0] if ci[0] is not None else speed) > 1,
-            sub=f"p50 latency at batch {b}, teacher ÷ student"
-            + (f"; 95 % CI {ci[0]:.2f}–{ci[1]:.2f}" if ci[0] is not None else ""),
+            good=(ci[0] if ci[0] is not None else speed) > max(1.0, floor),
+            sub=f"{_get(h, 'shipped', 'file', default='the student')} vs the FP32 teacher, p50 at batch {b}"
+            + (f"; 95 % CI {ci[0]:.2f}–{ci[1]:.2f}" if ci[0] is not None else "")
+            + (f" (A/A floor {floor:.2f})" if floor > 1 else "")
+            + (f". vs {best} (best teacher without KD): {best_row['ratio_p50']:.2f}× "
+               f"[{best_row['ci95'][0]:.2f}–{best_row['ci95'][1]:.2f}]" if best_row else
+               (". No teacher variant beat the FP32 teacher" if best == "teacher" and results.get("variants")
+                else "")),
         )
     e_ratio, basis = h.get("energy_ratio"), h.get("energy_basis", "gross")
     energy_kpi = _kpi(
@@ -91,13 +103,55 @@ def _kpis(results: dict[str, Any]) -> list[dict[str, Any]]:
     delta, budget = h.get("accuracy_delta_pp"), _budget(results)
     acc_kpi = _kpi("accuracy", "Accuracy change", "no teacher/student accuracy comparison")
     if delta is not None:
+        paired = h.get("paired_vs_teacher")
+        acc = h.get("accuracy") or {}
+
+        def ci(rec):
+            return f" [{100 * rec['ci95'][0]:.1f}–{100 * rec['ci95'][1]:.1f}]" if rec and rec.get("ci95") else ""
+
         acc_kpi.update(
             value=f"{delta:+.2f} pp",
-            good=delta >= -budget,
-            sub=f"student {100 * h['student_accuracy']:.2f} % vs teacher {100 * h['teacher_accuracy']:.2f} % "
-            f"(ONNX, test split); allowed drop {budget:g} pp",
+            # resolved within (green), resolved beyond (red), or unresolved (uncoloured): as the verdict decides
+            good=((True if paired["ci95"][0] > -budget / 100 else (False if paired["ci95"][1] < -budget / 100
+                                                                    else None))
+                  if paired else delta >= -budget),
+            sub=(f"95 % CI {100 * paired['ci95'][0]:+.2f} to {100 * paired['ci95'][1]:+.2f} pp (paired, "
+                 f"{paired['n']} test samples, McNemar p = {paired['p_mcnemar']:.2g}); " if paired else "")
+            + f"shipped {100 * h['student_accuracy']:.2f} %{ci(acc.get('shipped'))} vs teacher "
+            f"{100 * h['teacher_accuracy']:.2f} %{ci(acc.get('teacher'))} (ONNX, test); allowed drop {budget:g} pp",
         )
     return [speed_kpi, energy_kpi, acc_kpi]
+
+
+def _glance(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first screen's comparison: the FP32 teacher (today), the best teacher build without distillation (the
+    guard's pick among the teacher's variants, when one pays) and the file that ships."""
+    h = results.get("headline") or {}
+    acc = h.get("accuracy") or {}
+    b = h.get("speedup_p50_batch") or 1
+    lat = {(r["model"], r["batch_size"]): r for r in _get(results, "benchmark", "results", default=[])}
+    ship = _get(h, "shipped", "label", default="student")
+    best = h.get("teacher_best", "teacher")
+    rows = [("teacher", "FP32 teacher (what you run today)", acc.get("teacher"))]
+    if best != "teacher":
+        rows.append((best, f"{best} (best teacher build without distillation)", acc.get("teacher_best")))
+    arm = _get(h, "shipped", "arm", default="kd")
+    rows.append((ship, f"{_get(h, 'shipped', 'file', default='shipped')} = {ship}"
+                 + ("" if arm == "kd" else f" ({arm} control)"),
+                 acc.get("shipped")))
+    out = []
+    for label, name, a in rows:
+        model = label.split(".", 1)[0]
+        size = (_get(results, "export", model, "size_bytes") if label == model else next(
+            (v.get("size_bytes") for v in _get(results, "variants", model, "variants", default=[])
+             if v["label"] == label), None))
+        r = lat.get((label, b))
+        params = (_get(results, "models", "teacher", "params") if model == "teacher"
+                  else _get(results, "distill", "student_params"))
+        out.append({"label": label, "name": name, "acc": (a or {}).get("accuracy"), "acc_ci": (a or {}).get("ci95"),
+                    "p50": r["p50_us"] if r else None, "p50_ci": r["p50_ci95_us"] if r else None, "batch": b,
+                    "params": params, "size_kb": size / 1024 if size else None, "shipped": label == ship})
+    return out
 
 
 def _mib(n: int | None) -> float | None:
@@ -162,7 +216,16 @@ def _distill_rows(results: dict[str, Any]) -> dict[str, Any]:
         row["sd"] = row["sd"] if row.get("n", 1) > 1 else None
     s = d["summary"]
     beats = {}
-    for ctrl in ("scratch", "label_smoothing"):
+    from kd2deploy.report.verdict import distillation
+
+    paired = distillation(results)["vs"] if _get(results, "headline", "verdict") else None
+    for ctrl in ("scratch", "label_smoothing") if paired is not None else ():
+        if ctrl in paired:
+            p = paired[ctrl]
+            beats[ctrl] = {"diff_pp": 100 * p["mean_diff"], "spread_pp": None, "verdict": p["verdict"],
+                           "ci_pp": None if p["ci95"] is None else [100 * p["ci95"][0], 100 * p["ci95"][1]],
+                           "p_t": p["p_t"], "p_sign": p["p_sign"], "wins": p["wins"], "n": p["n"]}
+    for ctrl in ("scratch", "label_smoothing") if paired is None else ():
         if ctrl in s and "kd" in s:
             diff = s["kd"]["mean"] - s[ctrl]["mean"]
             # with one seed there is no spread to judge a difference by: say only which side it falls on
@@ -320,7 +383,10 @@ def _policy_text(results: dict[str, Any]) -> str:
     if p.get("require_faster", True):
         rules.append(f"the 95 % CI of its speed-up over FP32 above {p.get('min_speedup', 1.0):g}x (and above the "
                      "A/A control's)")
-    return f"fastest at batch {p.get('batch_size', 1)} among FP32 and the variants with " + " and ".join(rules)
+    split = _get(results, "variants", "student", "selection", "split", default=None)
+    return (f"fastest at batch {p.get('batch_size', 1)} among FP32 and the variants with " + " and ".join(rules)
+            + ("; accuracy judged on the validation split (the table shows test accuracy, which chooses nothing)"
+               if split == "validation" else ""))
 
 
 def _energy_mj(model: dict[str, Any] | None, basis: str) -> float | None:
@@ -436,6 +502,7 @@ def build_view(results: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         "headline": results.get("headline", {}),
         "verdict": verdict(results),
         "kpis": _kpis(results),
+        "glance": _glance(results) if _get(results, "headline", "accuracy") else [],
         "budget_pp": _budget(results),
         "models": _models_rows(results),
         "latency": bench.get("results", []),

@@ -260,7 +260,8 @@ def candidates_from_bench(
         results: from ``kd2deploy.bench.harness.measure(..., keep_samples=True)``; model labels are candidate
             names, all timed at ``batch_size``.
         fp32_name: the FP32 model's label.
-        accuracies: test accuracy per shippable label, the FP32 model's included.
+        accuracies: accuracy per shippable label, the FP32 model's included (the pipeline passes validation
+            accuracy: test accuracy chooses nothing).
         batch_size: the batch the guard judges.
         kinds: each variant's kind (its ``source``; default ``"variant"``).
         controls: labels of A/A controls: the FP32 file in a second session, timed as another model.
@@ -303,3 +304,30 @@ def candidates_from_bench(
             }
         )
     return out
+
+
+def select_variants(results: dict[str, Any], latency: Sequence[dict], policy: ShipPolicy) -> None:
+    """Runs the guard for every model with variants in ``results["variants"]``, on **validation** accuracy.
+
+    Reads ``accuracy_fp32_val`` and each variant's ``accuracy_val`` (test accuracies are reported, never used to
+    choose), and ``latency`` from ``measure(..., keep_samples=True)``; writes each entry's ``candidates`` and
+    ``selection`` (with ``split: "validation"``) and a warning per variant slower than its source.
+    """
+    timed = {r["model"] for r in latency}
+    for model, entry in (results.get("variants") or {}).items():
+        accuracies = {model: entry["accuracy_fp32_val"], **{v["label"]: v["accuracy_val"] for v in entry["variants"]}}
+        control = f"{model}@aa"
+        candidates = candidates_from_bench(
+            latency, model, accuracies, policy.batch_size,
+            kinds={v["label"]: v["kind"] for v in entry["variants"]},
+            controls=[control] if control in timed else [],
+        )
+        entry["candidates"] = candidates
+        entry["selection"] = {**select(candidates, policy), "split": "validation"}
+        for c in candidates:
+            r = c.get("ratio_vs_source")
+            if c["source"] not in (FP32, CONTROL) and r and r["ci95"][1] < 1:
+                results.setdefault("warnings", []).append(
+                    f"variant {c['name']} is slower than its FP32 source: {1 / r['ratio_p50']:.2f}x the p50 at batch "
+                    f"{policy.batch_size} (95 % CI of the speed-up {r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}x); "
+                    "not shipped")

@@ -123,11 +123,15 @@ def ship_facts(results: dict[str, Any], io: dict[str, Any]) -> dict[str, str]:
     lat = _student_latency(results)
     ship = shipped(results)
     n_test = _get(results, "export", "student", "parity", "n_samples")
+    acc_ci = _get(h, "accuracy", "shipped", "ci95")
     facts = {
         "model": f"kd2deploy student {_get(results, 'distill', 'student_arch')} of pipeline "
         f"{results['pipeline']['name']}" + (f", {ship['variant']} variant" if ship["variant"] else ", FP32"),
         "accuracy": f"{ship['accuracy']:.4f} test accuracy (ONNX, {n_test} samples of "
-        f"{_get(results, 'data', 'source')}); teacher {h.get('teacher_accuracy'):.4f}",
+        f"{_get(results, 'data', 'source')}"
+        + (f"; Wilson 95 % CI {acc_ci[0]:.4f}-{acc_ci[1]:.4f}" if acc_ci else "")
+        + f"); teacher {h.get('teacher_accuracy'):.4f}",
+        "verdict": _get(h, "verdict", "text") or verdict(results)["text"],
         "latency_p50": "not measured"
         if lat is None
         else f"{lat['p50_us']:.1f} us at batch {lat['batch_size']} ({_bench_context(results)})",
@@ -164,6 +168,45 @@ def _run_snippet(file: str, io: dict[str, Any]) -> str:
         f'logits = session.run(None, {{"{io["input"]["name"]}": x}})[0]\n'
         "print(logits.argmax(-1))  # predicted class index per sample\n"
     )
+
+
+def _ci(rec: dict[str, Any] | None) -> str:
+    return "" if not rec or not rec.get("ci95") else f" [{100 * rec['ci95'][0]:.1f}–{100 * rec['ci95'][1]:.1f}]"
+
+
+def card_numbers(h: dict[str, Any]) -> dict[str, str]:
+    """The headline numbers as the model card (and the report's tiles) print them: ``speedup``, ``speedup_ci``,
+    ``accuracy_delta``, ``accuracy_delta_ci``, ``decision``."""
+    out: dict[str, str] = {"decision": _get(h, "verdict", "title", default="")}
+    b = h.get("speedup_p50_batch")
+    row = _get(h, "speedup_p50", str(b)) if b is not None else None
+    if row:
+        out["speedup"] = f"{row['ratio_p50']:.2f}"
+        out["speedup_ci"] = f"{row['ci95'][0]:.2f}–{row['ci95'][1]:.2f}"
+    if h.get("accuracy_delta_pp") is not None:
+        out["accuracy_delta"] = f"{h['accuracy_delta_pp']:+.2f}"
+    p = h.get("paired_vs_teacher")
+    if p:
+        out["accuracy_delta_ci"] = f"{100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f}"
+    return out
+
+
+def _headline_rows(h: dict[str, Any]) -> list[str]:
+    """Rows of the card's table that repeat the report's headline for this file (same numbers, same rounding)."""
+    n = card_numbers(h)
+    rows = []
+    if "accuracy_delta" in n:
+        rows.append(f"| accuracy change vs the FP32 teacher (paired, test) | {n['accuracy_delta']} pp"
+                    + (f" [95 % CI {n['accuracy_delta_ci']} pp]" if "accuracy_delta_ci" in n else "") + " | |")
+    if "speedup" in n:
+        rows.append(f"| p50 speed-up vs the FP32 teacher at batch {h.get('speedup_p50_batch')} | {n['speedup']}× "
+                    f"[95 % CI {n['speedup_ci']}] | |")
+    best = h.get("teacher_best")
+    row = _get(h, "speedups", "teacher_best", str(h.get("speedup_p50_batch")))
+    if best and best != "teacher" and row:
+        rows.append(f"| p50 speed-up vs {best} (the best teacher build without distillation) | "
+                    f"{row['ratio_p50']:.2f}× [95 % CI {row['ci95'][0]:.2f}–{row['ci95'][1]:.2f}] | |")
+    return rows
 
 
 def write_model_card(dir: Path, results: dict[str, Any], file: str = "student.onnx") -> Path:
@@ -211,12 +254,14 @@ def write_model_card(dir: Path, results: dict[str, Any], file: str = "student.on
         f"{_preprocessing(results)}. Output `{io['output']['name']}`: {_shape(io['output'])}; labels: "
         f"{_labels(results)}.",
         "",
-        "| | student | teacher |",
+        "| | student (this file) | FP32 teacher |",
         "|---|---:|---:|",
-        f"| test accuracy (ONNX, {_get(results, 'export', 'student', 'parity', 'n_samples')} samples) | "
-        f"{pct(ship['accuracy'])} | {pct(h.get('teacher_accuracy'))} |",
+        f"| test accuracy (ONNX, {_get(results, 'export', 'student', 'parity', 'n_samples')} samples) [95 % CI] | "
+        f"{pct(ship['accuracy'])}{_ci(_get(h, 'accuracy', 'shipped'))} | "
+        f"{pct(h.get('teacher_accuracy'))}{_ci(_get(h, 'accuracy', 'teacher'))} |",
         f"| p50 latency at batch {b} [95 % CI] | {us(lat_s)} | {us(lat_t)} |",
     ]
+    lines += _headline_rows(h)
     energy = results.get("energy") or {}
     basis = h.get("energy_basis", "gross")
     if energy.get("models"):

@@ -15,7 +15,7 @@ from kd2deploy.stages.data import DataStage
 from kd2deploy.stages.energy import EnergyStage
 from kd2deploy.stages.export import ExportStage
 from kd2deploy.stages.report import ReportStage
-from kd2deploy.stages.ship import ShipStage
+from kd2deploy.stages.ship import SelectStage, ShipStage
 from kd2deploy.stages.students import StudentsStage
 from kd2deploy.stages.targets import TargetsStage
 from kd2deploy.stages.teacher import TeacherStage
@@ -29,6 +29,7 @@ STAGES: tuple[type[Stage], ...] = (
     ExportStage,
     VariantsStage,
     BenchmarkStage,
+    SelectStage,
     EnergyStage,
     ShipStage,
     TargetsStage,

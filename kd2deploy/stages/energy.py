@@ -1,4 +1,4 @@
-"""Energy per inference of teacher and student (CodeCarbon windows with an idle baseline)."""
+"""Energy per inference of the FP32 teacher and the file that ships (CodeCarbon windows with an idle baseline)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from kd2deploy.engine.stage import BaseStage
 
 class EnergyStage(BaseStage):
     name = "energy"
-    requires = ("export",)
+    requires = ("export", "select")
 
     def run(self, state, progress) -> None:
         from kd2deploy.bench.pipeline_bench import inference_energy

@@ -1,5 +1,10 @@
-"""The shipping guard picks, per model, the fastest variant that keeps accuracy; the task packages the student's
-pick under ship/ (stamped, with its model card)."""
+"""The shipping guard and the shipped file.
+
+``select`` (after the benchmark, before energy): the guard picks, per model, the fastest variant that keeps
+accuracy **on the validation split**; the student's pick is what ships, and energy is measured on it.
+``ship``: the headline and verdict about that file (:mod:`kd2deploy.report.verdict`), then the task packages it
+under ship/ (stamped, with its model card).
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,36 @@ from kd2deploy import ui
 from kd2deploy.engine.stage import BaseStage
 
 
-class ShipStage(BaseStage):
-    name = "ship"
+class SelectStage(BaseStage):
+    name = "select"
     requires = ("benchmark",)
 
     def run(self, state, progress) -> None:
-        from kd2deploy.ship.guard import candidates_from_bench, select
+        from kd2deploy.ship.guard import select_variants
 
-        policy = state.cfg.ship
-        timed = {r["model"] for r in state.latency}
-        for model, entry in state.results.get("variants", {}).items():
-            accuracies = {model: entry["accuracy_fp32"], **{v["label"]: v["accuracy"] for v in entry["variants"]}}
-            control = f"{model}@aa"
-            candidates = candidates_from_bench(
-                state.latency, model, accuracies, policy.batch_size,
-                kinds={v["label"]: v["kind"] for v in entry["variants"]},
-                controls=[control] if control in timed else [],
-            )
-            entry["candidates"] = candidates
-            entry["selection"] = select(candidates, policy)
-            for c in candidates:
-                r = c.get("ratio_vs_source")
-                if c["source"] not in ("fp32", "control") and r and r["ci95"][1] < 1:
-                    state.warn(
-                        f"variant {c['name']} is slower than its FP32 source: {1 / r['ratio_p50']:.2f}x the p50 at "
-                        f"batch {policy.batch_size} (95 % CI of the speed-up {r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}x); "
-                        "not shipped")
-        from kd2deploy.report.headline import headline
+        select_variants(state.results, state.latency, state.cfg.ship)
 
-        state.results["headline"] = headline(state.results)  # the shipped file's card and metadata quote it
-        path = state.task.package(state)
+
+class ShipStage(BaseStage):
+    name = "ship"
+    requires = ("select", "energy")
+
+    def run(self, state, progress) -> None:
+        from kd2deploy.report.verdict import build_headline, shipped_label, teacher_best_label
+
+        task = state.task
+        files = {"teacher": state.onnx["teacher"], "student": state.onnx["student"],
+                 **{label: path for label, (_, path) in state.variants.items()}}
+        y = task.labels("test")
+        correct = {label: task.outputs(files[label], "test").argmax(-1) == y
+                   for label in {"teacher", shipped_label(state.results), teacher_best_label(state.results)}}
+        settings = state.results.get("benchmark", {}).get("settings", {})
+        # the shipped file's card and metadata quote it
+        state.results["headline"] = build_headline(
+            state.results, latency=state.latency, correct=correct, budget_pp=state.cfg.report.max_accuracy_drop_pp,
+            batch=state.cfg.ship.batch_size, bootstrap=settings.get("bootstrap", 1000), seed=settings.get("seed", 0),
+            ship_file=getattr(task, "ship_file", None))
+        path = task.package(state)
         sel = state.results["ship"].get("selection")
         ui.step(f"ship: {path.relative_to(state.dir)} ← {state.results['ship']['source']}"
                 + (f" ({sel['reason']})" if sel else ""))

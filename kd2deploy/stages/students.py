@@ -1,5 +1,5 @@
-"""The students: the KD arm and its controls over the seeds (trained by the task), compared and selected on the
-validation split; cached by the chained key (it covers the teacher's)."""
+"""The students: the KD arm and its controls over the seeds (trained by the task), compared; the shipped student is
+chosen among KD **and** the controls on the validation split; cached by the chained key (it covers the teacher's)."""
 
 from __future__ import annotations
 
@@ -46,10 +46,14 @@ class StudentsStage(BaseStage):
             models[arm.key] = model
             if writes():
                 task.save_student(model, state.path("checkpoints", student_file(arm.name, arm.seed)))
-        # The shipped student: the KD seed with the best validation accuracy (never chosen on test).
-        best = max(seeds, key=lambda s: (per_seed[s]["kd"]["val_accuracy"], -seeds.index(s)))
-        state.student = models[f"kd/seed{best}"]
-        state.scratch = models.get(f"scratch/seed{best}")
+        # The shipped student: among KD and the controls, on validation only (kd2deploy.ship.student).
+        from kd2deploy.ship.student import choose_student
+
+        choice = choose_student(per_seed, seeds)
+        best = choice["seed"]
+        state.student = models[f"{choice['arm']}/seed{best}"]
+        # the scratch control's export, unless it is the shipped student itself (the same file twice)
+        state.scratch = models.get(f"scratch/seed{best}") if choice["arm"] != "scratch" else None
         teacher_acc = state.results["models"]["teacher"]["test_accuracy_torch"]
         summary = {name: mean_sd(v) for name, v in by_arm.items()}
         gap = None
@@ -57,9 +61,9 @@ class StudentsStage(BaseStage):
             gap = (summary["kd"]["mean"] - summary["scratch"]["mean"]) / (teacher_acc - summary["scratch"]["mean"])
         record.update(
             seeds=seeds, arms=sorted(by_arm), per_seed=[per_seed[s] for s in seeds], summary=summary,
-            gap_closed=gap, shipped_seed=best, shipped_arm="kd", energy=energy.as_dict(),
+            gap_closed=gap, shipped_seed=best, shipped_arm=choice["arm"], energy=energy.as_dict(),
             student_params=sum(p.numel() for p in state.student.parameters()),
-            selection="KD seed with the highest validation accuracy",
+            selection=choice["reason"],
         )
         record.setdefault("teacher", {})["test_accuracy"] = teacher_acc
         state.results["distill"] = record

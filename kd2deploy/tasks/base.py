@@ -50,6 +50,7 @@ class TaskAdapter(Protocol):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    ship_file: ClassVar[str]  # what ``package`` writes, relative to the run folder (the verdict names it)
 
     # --- provenance
     def packages(self) -> list[str]:

@@ -1,7 +1,7 @@
 """Training under torchrun with 2 CPU processes (gloo) gives the single-process result, writes one set of files,
 and a killed rank stops the whole run with one clear line; the same command then resumes and finishes.
 
-Tolerance (stated in the README): per seed and arm, test accuracy equal to the single-process run within one
+Tolerance (stated in docs/distributed.md): per seed and arm, test accuracy equal to the single-process run within one
 flipped test prediction (1/360), final training loss within 1e-4 and weights within 1e-4. The summed gradient is
 the single-process gradient up to float summation order, so in practice they agree to ~1e-7. The student is an
 MLP: with batch norm each rank normalises with its own slice's statistics (as DDP without SyncBatchNorm does),
@@ -120,7 +120,43 @@ def test_killed_rank_stops_the_run_and_the_same_command_resumes(tmp_path):
     assert all(len(s["kd"]["curve"]) == 30 for s in res["distill"]["per_seed"])
 
 
+COLLECTIVES = """\
+import sys
+import torch
+from kd2deploy.distill import dist
+
+ctx = dist.init()
+assert ctx.active and ctx.world_size == 2 and ctx.backend == sys.argv[1], (ctx.backend, sys.argv[1])
+device = torch.device(f"cuda:{ctx.local_rank}") if ctx.backend == "nccl" else torch.device("cpu")
+layer = torch.nn.Linear(3, 2).to(device)
+for p in layer.parameters():
+    p.grad = torch.full_like(p, float(ctx.rank + 1))
+loss = dist.all_reduce_grads(layer.parameters(), extra=torch.tensor(float(ctx.rank), device=device))
+assert all(torch.all(p.grad == 3.0) for p in layer.parameters()), "gradients not summed over 2 ranks"
+assert float(loss) == 1.0
+buf = torch.full((4,), float(2 * ctx.rank), device=device)
+dist.average_buffers([buf])
+assert torch.all(buf == 1.0), buf
+assert dist.broadcast_object({"from": ctx.rank}) == {"from": 0}
+dist.barrier()
+dist.cleanup()
+print(f"rank {ctx.rank} ok")
+"""
+
+
 @pytest.mark.gpu
-@pytest.mark.skip(reason="NCCL needs NVIDIA GPUs; this machine has none, so multi-GPU / NCCL runs were not tested")
-def test_two_gpus_nccl():  # pragma: no cover - documents the gap
-    raise AssertionError("not run")
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason=f"NCCL needs 2 NVIDIA GPUs; this machine has {torch.cuda.device_count()}")
+def test_two_gpus_nccl_collectives(tmp_path):
+    """kd2deploy's collectives (gradient all-reduce, buffer averaging, object broadcast) under NCCL on 2 GPUs.
+
+    Not run on this project's machines (no GPUs). Known gap, not covered here: the pipeline trains on the CPU, yet
+    ``dist.from_env`` picks NCCL whenever CUDA is available, and NCCL cannot reduce CPU tensors.
+    """
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script), "nccl"], capture_output=True, text=True, timeout=300,
+                         env=cli_env(tmp_path))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "rank 0 ok" in res.stdout and "rank 1 ok" in res.stdout

@@ -1,4 +1,4 @@
-"""The README's "Errors" table, one test per row, through the real CLI.
+"""The error table (docs/errors.md), one test per row, through the real CLI.
 
 Each test checks the exit code (2 bad input, 1 a failure while running), that the answer is one ``error:`` line
 naming the file, field or stage, that no traceback is printed, and that nothing produced before is lost: an

@@ -419,3 +419,76 @@ def test_model_card_says_what_matters_and_its_snippet_runs(run_copy, results, mo
     monkeypatch.chdir(path.parent)
     exec(compile(snippet, "MODEL_CARD.md", "exec"), {})  # noqa: S102 - our own generated snippet
     assert re.fullmatch(r"\[\d+\]\n", capsys.readouterr().out)
+
+
+# ------------------------------------------------------------------------------------------------ first screen
+MEASURE = """<script>
+window.addEventListener("load", () => {
+  const box = (sel) => { const e = document.querySelector(sel); return e ? e.getBoundingClientRect() : null; };
+  const t = document.querySelector("#models-table");
+  const m = {verdict: box("#verdict"), kpis: box("#headline"), glance: box("#glance"),
+             models_scroll: t ? t.scrollWidth : null, models_box: t ? t.parentElement.clientWidth : null,
+             inner: [window.innerWidth, window.innerHeight]};
+  document.body.setAttribute("data-measure", JSON.stringify(m));
+});
+</script>"""
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (CI installs it: apt-get install chromium)"
+)
+def test_first_screen_at_1280px_decides_and_the_models_table_fits(run_dir, tmp_path):
+    """At 1280 x 800 the verdict about ship/student.onnx, its uncertainty and the three tiles are on the first
+    screen, and the models table is not wider than its box (its right columns were cut off)."""
+    import html as html_mod
+
+    page = tmp_path / "report.html"
+    page.write_text((run_dir / "report.html").read_text().replace("</body>", MEASURE + "</body>"))
+    out = subprocess.run(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800", "--virtual-time-budget=5000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    found = re.search(r'data-measure="([^"]+)"', out.stdout)
+    assert found, out.stderr[-2000:]
+    m = json.loads(html_mod.unescape(found.group(1)))
+    assert m["inner"][0] == 1280
+    assert m["verdict"]["bottom"] <= 800 and m["kpis"]["bottom"] <= 800, m
+    assert m["models_scroll"] <= m["models_box"], m
+    text = (run_dir / "report.html").read_text()
+    verdict_html = text[text.index('id="verdict"'):text.index('id="headline"')]
+    assert "ship/student.onnx" in verdict_html and "95 % CI" in verdict_html  # about the file, with uncertainty
+    assert "FP32 teacher" in verdict_html
+
+
+def test_training_curves_show_the_error_rate_on_a_log_axis(results):
+    """The arms differ in the last percent: the plot shows 1 - accuracy on a log scale, floored at half a
+    validation sample so a perfect epoch stays on the axis."""
+    from kd2deploy.report.plots import curve_errors
+
+    data = curve_errors(results)
+    epochs, stack = data["kd"]
+    d = results["distill"]["per_seed"][0]["kd"]["curve"]
+    assert stack[0][0] == pytest.approx(max(1 - d[0]["val_acc"], 0.5 / results["data"]["n_val"]))
+    assert (stack > 0).all() and len(epochs) == len(d)
+
+
+def test_model_card_numbers_equal_the_reports_for_the_shipped_file(run_dir, results):
+    from kd2deploy.ship.package import card_numbers
+
+    card = (run_dir / "ship" / "MODEL_CARD.md").read_text()
+    report = (run_dir / "report.html").read_text()
+    h = results["headline"]
+    n = card_numbers(h)
+    assert h["shipped"]["label"] == results["ship"]["model"]
+    assert f"| p50 speed-up vs the FP32 teacher at batch {h['speedup_p50_batch']} | {n['speedup']}× " \
+           f"[95 % CI {n['speedup_ci']}]" in card
+    assert f'id="kpi-speedup">{n["speedup"]}×' in report and f"95 % CI {n['speedup_ci']}" in report
+    assert f"| accuracy change vs the FP32 teacher (paired, test) | {n['accuracy_delta']} pp " \
+           f"[95 % CI {n['accuracy_delta_ci']} pp]" in card
+    assert f'id="kpi-accuracy">{n["accuracy_delta"]} pp' in report
+    acc = h["accuracy"]["shipped"]
+    shown = f"{100 * acc['accuracy']:.2f} % [{100 * acc['ci95'][0]:.1f}–{100 * acc['ci95'][1]:.1f}]"
+    assert shown in card and shown.split(" [")[0] in report
+    assert h["verdict"]["title"] in card

@@ -4,6 +4,7 @@ ends with the same students as a run that was never stopped (the shared stages' 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,8 +45,8 @@ report: {{formats: [md]}}
 """
 
 
-def setup(root: Path) -> Path:
-    tiny_bert_folder(root / "teacher", layers=4)
+def setup(root: Path, teacher: Path) -> Path:
+    shutil.copytree(teacher, root / "teacher")  # one folder for both runs (tokenizer training is not repeatable)
     write_csv(root / "data.csv", tiny_texts())
     (root / "p.yaml").write_text(PIPELINE)
     return root / "p.yaml"
@@ -71,15 +72,20 @@ def finished(out: Path) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict]:
+def teacher(tmp_path_factory) -> Path:
+    return tiny_bert_folder(tmp_path_factory.mktemp("teacher") / "teacher", layers=4)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, teacher) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("ref")
-    out = kd2deploy("run", str(setup(root)), "--out", str(root / "runs"), cwd=root)
+    out = kd2deploy("run", str(setup(root, teacher)), "--out", str(root / "runs"), cwd=root)
     assert out.returncode == 0, out.stdout + out.stderr
     return finished(root / "runs")
 
 
-def test_kill_9_mid_distillation_then_rerun_resumes_to_the_same_students(reference, tmp_path):
-    pipeline, out = setup(tmp_path), tmp_path / "runs"
+def test_kill_9_mid_distillation_then_rerun_resumes_to_the_same_students(reference, teacher, tmp_path):
+    pipeline, out = setup(tmp_path, teacher), tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "kd2deploy", "run", str(pipeline), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(tmp_path),
                             cwd=tmp_path)

@@ -86,3 +86,13 @@ def test_terms_resolve_against_the_single_term_keys(write_pipeline):
     plain = load_config(write_pipeline("distill:\n  terms: [{loss: hinton, temperature: 4}]\n", "q.yaml"))
     (kd, _) = arms_of(plain.distill)
     assert (kd.loss, kd.temperature, kd.alpha, kd.terms) == ("hinton", 4.0, 0.5, ())  # the batched fast path
+
+
+def test_student_label_smoothing_is_refused_not_ignored(write_pipeline):
+    """distill.train.label_smoothing used to be accepted and ignored (every arm passes its own); now an error.
+    The teacher's label_smoothing is honoured by its training and stays."""
+    msg = _error(write_pipeline, "distill:\n  train:\n    label_smoothing: 0.1\n")
+    assert msg.startswith("P:3:5 distill.train.label_smoothing: unknown key 'label_smoothing'")
+    cfg = load_config(write_pipeline("teacher:\n  train: {label_smoothing: 0.1}\n"))
+    assert cfg.teacher.train.label_smoothing == 0.1
+    assert "label_smoothing" not in PipelineConfig().resolved()["distill"]["train"]

@@ -37,7 +37,16 @@ def test_unknown_zoo_name_mentions_the_other_forms(write_pipeline):
         load_config(p)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm (optional) is not installed")
+# CI does not install torchvision / timm, and cannot here: PyPI's torchvision 0.28.0 (the release for torch 2.13) is
+# built against PyPI's CUDA torch and fails to import beside the CPU torch 2.13.0 wheel ("operator torchvision::nms
+# does not exist"); timm 1.0.31 imports torchvision. The CPU torchvision comes from PyTorch's CPU index, which CI
+# cannot reach. Measured 2026-12-07; these tests run wherever a matching torchvision is installed.
+NO_TORCHVISION = ("torchvision not installed: CI cannot install one that imports beside the CPU torch 2.13.0 "
+                  "(PyPI's 0.28.0 is built for the CUDA torch); install it from PyTorch's CPU index")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None,
+                    reason="timm not installed (it imports torchvision; " + NO_TORCHVISION + ")")
 def test_timm_model_builds_for_one_channel_digits():
     import torch
 
@@ -47,7 +56,7 @@ def test_timm_model_builds_for_one_channel_digits():
         build_model("timm:resnet19", (1, 8, 8), 10, {}, "teacher")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision (optional) not installed")
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason=NO_TORCHVISION)
 def test_torchvision_model_builds_and_rejects_one_channel():
     import torch
 

@@ -19,6 +19,7 @@ class TensorTask:
     """Adapter of the tensor task: see :class:`kd2deploy.tasks.base.TaskAdapter` for the contract."""
 
     name: ClassVar[str] = "tensor"
+    ship_file: ClassVar[str] = "ship/student.onnx"
     capabilities: ClassVar[Capabilities] = Capabilities(
         section=None,
         variant_kinds=frozenset({"int8-dynamic", "int8-static", "fp16", "optimized", "transformer-fusion"}),

@@ -154,7 +154,7 @@ def restore_students(task: TensorTask, state: RunState, folder: Path, record: di
     with torch.random.fork_rng(devices=[]):
         state.student = task.load_student(folder / f"student_{arm}_seed{seed}.pt")
         state.scratch = (task.load_student(folder / f"student_scratch_seed{seed}.pt")
-                         if "scratch" in record["arms"] else None)
+                         if "scratch" in record["arms"] and arm != "scratch" else None)
 
 
 def kd_terms(d) -> list[dict[str, Any]]:

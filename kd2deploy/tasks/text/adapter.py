@@ -34,6 +34,7 @@ class TextTask:
     """Adapter of the text task: see :class:`kd2deploy.tasks.base.TaskAdapter` for the contract."""
 
     name: ClassVar[str] = "text"
+    ship_file: ClassVar[str] = "ship/student/model.onnx"
     capabilities: ClassVar[Capabilities] = Capabilities(
         section="text", variant_kinds=TEXT_VARIANT_KINDS,
         backends=frozenset({"onnxruntime-cpu", "onnxruntime-cuda"}), torch_baseline=True, distributed=False,
@@ -99,11 +100,14 @@ class TextTask:
 
     # ----------------------------------------------------------------------------------------- teacher
     def train_teacher(self, state: RunState, progress: Any) -> list[str]:
+        import torch
+
         from kd2deploy.tasks.text.config import resolve_location
         from kd2deploy.tasks.text.models import load_teacher
         from kd2deploy.tasks.text.train import accuracy, fine_tune
 
         folder = resolve_location(self.t.teacher.model)
+        torch.manual_seed(self.cfg.seed)  # a new classification head is initialised here: make it reproducible
         teacher, tune, why = load_teacher(folder, self.data.labels, self.t.teacher.fine_tune)
         record: dict[str, Any] = {
             "arch": type(teacher).__name__, "folder": str(folder), "as_given": self.t.teacher.model,
@@ -164,12 +168,12 @@ class TextTask:
 
         from kd2deploy.distill.arms import Arm
         from kd2deploy.tasks.text.models import build_student
-        from kd2deploy.tasks.text.train import History, distil, fine_tune, predict_logits
+        from kd2deploy.tasks.text.train import History, distil, fine_tune
 
         d = self.t.distill
         terms = {t.loss for t in d.terms}
         logit_only = not terms & {"hidden", "attention"}
-        logits = (torch.from_numpy(predict_logits(state.teacher, self.encoded["train"])) if logit_only else None)
+        logits, store = self._teacher_logits(state) if logit_only else (None, {"used": False})
         arms = []
         for seed in d.seeds:
             arms.append(Arm("kd", seed, temperature=d.temperature, alpha=d.alpha))
@@ -205,12 +209,39 @@ class TextTask:
             "temperature": d.temperature, "alpha": d.alpha, "train": d.train.model_dump(),
             "student": {k: info[k] for k in ("num_layers", "hidden_size", "init", "layer_map", "teacher_layers")},
             "student_arch": f"{type(state.teacher).__name__}, {info['num_layers']} layers",
-            "teacher_outputs": "stored once (logit terms only)" if logit_only else
-            "per batch (hidden / attention terms need the teacher's activations)",
+            "teacher_outputs": "from the teacher-output store" if store.get("key") else
+            "computed once" if logit_only else "per batch (hidden / attention terms need the teacher's activations)",
+            "transfer": {"teacher_store": store},
             "controls": "same initialisation (teacher layers), data, batches and schedule; hard labels"
                         " (label_smoothing: smoothed)",
         }
         return arms, trained, record
+
+    def _teacher_logits(self, state: RunState):
+        """The teacher's logits on the training texts (logit terms need nothing else): from the teacher-output
+        store under ``<out>/.cache/teacher_outputs`` (keyed by the teacher's weights and the token ids), computed
+        once when absent; in memory when the cache is off."""
+        import torch
+
+        from kd2deploy.distill.store import teacher_outputs
+        from kd2deploy.tasks.text.train import predict_logits
+
+        train = self.encoded["train"]
+        if not state.use_cache:
+            return (torch.from_numpy(predict_logits(state.teacher, train)),
+                    {"used": False, "reason": "the cache is off: computed once in memory"})
+        n = max(len(r) for r in train.ids)
+        ids = torch.tensor([r + [train.pad_id] * (n - len(r)) for r in train.ids])
+        full: list = []
+
+        def logits_of(a: int, b: int):
+            if not full:
+                full.append(torch.from_numpy(predict_logits(state.teacher, train)))
+            return full[0][a:b]
+
+        outputs, record = teacher_outputs(state.teacher, ids, Path(state.out) / ".cache" / "teacher_outputs",
+                                          self.cfg.resolved()["text"]["data"], None, logits_of=logits_of)
+        return outputs, {**record, "used": True}
 
     def accuracy(self, model, split: str) -> float:
         from kd2deploy.tasks.text.train import accuracy

@@ -160,11 +160,12 @@ def fine_tune(model, train: Encoded, val: Encoded, train_cfg, seed: int, on_epoc
 
 
 def distil(student, teacher, train: Encoded, val: Encoded, distill_cfg, layer_map: list[int], seed: int,
-           on_epoch=None, checkpoint=None, teacher_logits: torch.Tensor | None = None):
+           on_epoch=None, checkpoint=None, teacher_logits=None):
     """Trains ``student`` on the weighted terms of ``distill_cfg`` (TextDistillConfig) against ``teacher``.
 
-    ``teacher_logits`` (the teacher's logits on every training example, in order) replace the teacher's forward
-    pass when no term needs its hidden states or attentions (logit terms only).
+    ``teacher_logits`` (the teacher's logits on every training example, in order: a tensor, or the teacher-output
+    store's ``StoredLogits``) replace the teacher's forward pass when no term needs its hidden states or
+    attentions (logit terms only).
     """
     from kd2deploy.distill.losses import hard_ce, hinton_loss
     from kd2deploy.tasks.text.losses import attention_loss, hidden_loss, make_projection
