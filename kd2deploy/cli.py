@@ -413,8 +413,8 @@ def sweep(
             raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1,2,4") from None
 
     cfg = load_config(pipeline, set_)
-    if cfg.task == "text":
-        raise ConfigError(f"{pipeline}: kd2deploy sweep is not built for task: text; allowed: task tensor")
+    if cfg.task != "tensor":
+        raise ConfigError(f"{pipeline}: kd2deploy sweep is not built for task: {cfg.task}; allowed: task tensor")
     temperatures = floats(temperature, "--temperature") if temperature else [cfg.distill.temperature]
     alphas = floats(alpha, "--alpha") if alpha else [cfg.distill.alpha]
     result = sweep_pipeline(cfg, temperatures, alphas, out)
