@@ -434,8 +434,8 @@ def sweep(
             raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 1,2,4") from None
 
     cfg = load_config(pipeline, set_)
-    if cfg.task == "text":
-        raise ConfigError(f"{pipeline}: kd2deploy sweep is not built for task: text; allowed: task tensor")
+    if cfg.task != "tensor":
+        raise ConfigError(f"{pipeline}: kd2deploy sweep is not built for task: {cfg.task}; allowed: task tensor")
     if sampler is not None and sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
     overrides: dict[str, list] = {}

@@ -132,14 +132,8 @@ def test_labels_sorted_and_splits_seeded_and_stratified(tmp_path):
         load_text_data(TextDataConfig.model_validate({"path": str(one)}), tmp_path, 0)
 
 
-def test_sweep_and_report_refuse_text_runs(tmp_path, text_files):
-    import json
-
-    from kd2deploy.report.rerender import load_results
-
-    (tmp_path / "results.json").write_text(json.dumps({"task": "text", "schema_version": 1}))
-    with pytest.raises(ConfigError, match="a task: text run; re-rendering, --device and compare"):
-        load_results(tmp_path)
+def test_sweep_refuses_text_runs(tmp_path, text_files):
+    """`report` and `compare` work on text runs (tests/integration/test_text_pipeline.py); `sweep` is tensor-only."""
     import subprocess
     import sys
 

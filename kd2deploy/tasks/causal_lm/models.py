@@ -104,9 +104,13 @@ def load_teacher(location: Path) -> tuple[Any, dict[str, Any]]:
     folder, gguf = source_of(location)
     if gguf:
         _need_gguf(location)
+        import io
+        from contextlib import redirect_stderr
+
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32,
-                                                         local_files_only=True)
+            with redirect_stderr(io.StringIO()):  # the GGUF reader's own tqdm bar (272 lines in a log)
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32,
+                                                             local_files_only=True)
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"{location}: the installed transformers / gguf cannot read this GGUF file "
                               f"({type(e).__name__}: {str(e)[:200]}); try a newer gguf "
