@@ -78,27 +78,20 @@ def read_documents(path: Path, fmt: str, text_field: str = "text", prompt_field:
             raw = path.read_text(encoding="utf-8", errors="replace")
             docs = [Document(p.strip()) for p in raw.split("\n\n")]
     elif fmt in ("jsonl", "pairs"):
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ConfigError(f"{path}:{i}: each line must be a JSON object")
-                keys = (text_field,) if fmt == "jsonl" else (prompt_field, response_field)
-                for k in keys:
-                    if k not in rec:
-                        which = "text_field" if fmt == "jsonl" else ("prompt_field" if k == prompt_field
-                                                                    else "response_field")
-                        raise ConfigError(f"{path}:{i}: causal_lm.data.{which} {k!r} missing; the line has "
-                                          f"{', '.join(rec) or 'no keys'}")
-                    if not isinstance(rec[k], str):
-                        raise ConfigError(f"{path}:{i}: {k!r} must be a string")
-                docs.append(Document(rec[text_field]) if fmt == "jsonl"
-                            else Document(rec[response_field], prompt=rec[prompt_field]))
+        from kd2deploy.tasks.hf_common import jsonl_records
+
+        for i, rec in jsonl_records(path):
+            keys = (text_field,) if fmt == "jsonl" else (prompt_field, response_field)
+            for k in keys:
+                if k not in rec:
+                    which = "text_field" if fmt == "jsonl" else ("prompt_field" if k == prompt_field
+                                                                else "response_field")
+                    raise ConfigError(f"{path}:{i}: causal_lm.data.{which} {k!r} missing; the line has "
+                                      f"{', '.join(rec) or 'no keys'}")
+                if not isinstance(rec[k], str):
+                    raise ConfigError(f"{path}:{i}: {k!r} must be a string")
+            docs.append(Document(rec[text_field]) if fmt == "jsonl"
+                        else Document(rec[response_field], prompt=rec[prompt_field]))
     else:  # pragma: no cover - the schema allows no other value
         raise ConfigError(f"{path}: unknown format {fmt!r}; allowed: text, jsonl, pairs")
     docs = [d for d in docs if d.text.strip()]

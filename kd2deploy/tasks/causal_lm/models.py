@@ -213,15 +213,10 @@ def build_student(teacher, cfg, seed: int = 0) -> tuple[Any, dict[str, Any]]:
                             "teacher_layers": t_layers, "changed": changed}
     if cfg.init == "teacher-layers":
         prefix, _ = decoder_layers(teacher)
-        new = {}
-        for k, v in teacher.state_dict().items():
-            if k.startswith(prefix + "."):
-                idx, rest = k[len(prefix) + 1:].split(".", 1)
-                if int(idx) in mapping:
-                    new[f"{prefix}.{mapping.index(int(idx))}.{rest}"] = v.clone()
-            else:
-                new[k] = v.clone()
-        missing, unexpected = student.load_state_dict(new, strict=False)
+        from kd2deploy.tasks.hf_common import layer_subset_state
+
+        missing, unexpected = student.load_state_dict(layer_subset_state(teacher.state_dict(), prefix, mapping),
+                                                      strict=False)
         missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
         if missing or unexpected:
             raise StageError(f"student init from teacher layers: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,24 +70,17 @@ def read_records(path: Path, fmt: str, text_column: str, label_column: str) -> t
                 texts.append(t)
                 labels.append(lab.strip())
     elif fmt == "jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ConfigError(f"{path}:{i}: each line must be a JSON object")
-                for col, key in ((text_column, "text_column"), (label_column, "label_column")):
-                    if col not in rec:
-                        raise ConfigError(f"{path}:{i}: text.data.{key} {col!r} missing; the line has "
-                                          f"{', '.join(rec) or 'no keys'}")
-                if not isinstance(rec[text_column], str):
-                    raise ConfigError(f"{path}:{i}: {text_column!r} must be a string")
-                texts.append(rec[text_column])
-                labels.append(str(rec[label_column]))
+        from kd2deploy.tasks.hf_common import jsonl_records
+
+        for i, rec in jsonl_records(path):
+            for col, key in ((text_column, "text_column"), (label_column, "label_column")):
+                if col not in rec:
+                    raise ConfigError(f"{path}:{i}: text.data.{key} {col!r} missing; the line has "
+                                      f"{', '.join(rec) or 'no keys'}")
+            if not isinstance(rec[text_column], str):
+                raise ConfigError(f"{path}:{i}: {text_column!r} must be a string")
+            texts.append(rec[text_column])
+            labels.append(str(rec[label_column]))
     else:  # pragma: no cover - the schema allows no other value
         raise ConfigError(f"{path}: unknown format {fmt!r}; allowed: csv, jsonl, folder")
     if not texts:

@@ -141,16 +141,10 @@ def build_student(teacher, cfg) -> tuple[Any, dict[str, Any]]:
                             "layer_map": mapping, "teacher_layers": t_layers}
     if cfg.init == "teacher-layers":
         t_prefix, _ = encoder_layers(teacher)
-        state = teacher.state_dict()
-        new = {}
-        for k, v in state.items():
-            if k.startswith(t_prefix + "."):
-                idx, rest = k[len(t_prefix) + 1:].split(".", 1)
-                if int(idx) in mapping:
-                    new[f"{t_prefix}.{mapping.index(int(idx))}.{rest}"] = v.clone()
-            else:
-                new[k] = v.clone()
-        missing, unexpected = student.load_state_dict(new, strict=False)
+        from kd2deploy.tasks.hf_common import layer_subset_state
+
+        missing, unexpected = student.load_state_dict(layer_subset_state(teacher.state_dict(), t_prefix, mapping),
+                                                      strict=False)
         if missing or unexpected:
             raise StageError(f"student init from teacher layers: missing {missing[:3]}, unexpected {unexpected[:3]}")
         info["init_from_teacher_layers"] = mapping
