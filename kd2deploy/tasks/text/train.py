@@ -129,7 +129,9 @@ def _loop(model, params, train: Encoded, val: Encoded, train_cfg, seed: int, ste
             sched.step()
             losses.append(loss.item())
         val_acc = accuracy(model, val)
-        m = {"epoch": epoch, "loss": float(np.mean(losses)), "val_acc": val_acc, "seconds": time.perf_counter() - t0}
+        seconds = time.perf_counter() - t0
+        m = {"epoch": epoch, "loss": float(np.mean(losses)), "val_acc": val_acc, "seconds": seconds,
+             "time_s": (history[-1]["time_s"] if history else 0.0) + seconds}  # cumulative: convergence figures
         history.append(m)
         log.info("epoch %d loss %.4f val acc %.4f (%.1f s)", epoch, m["loss"], val_acc, m["seconds"])
         if val_acc > best_acc:
