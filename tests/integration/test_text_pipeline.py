@@ -54,10 +54,12 @@ def test_run_writes_models_report_and_results(text_run):
     assert "wall time:" in stderr
     for f in ("config.yaml", "pipeline.yaml", "run.log", "report.md", "report.html", "models/teacher/model.onnx",
               "models/student/model.onnx", "models/student/tokenizer.json", "models/teacher_hf/config.json",
-              "models/student_scratch/model.onnx", "checkpoints/teacher_hf.zip", "checkpoints/student_kd_seed0.pt",
+              "checkpoints/teacher_hf.zip", "checkpoints/student_kd_seed0.pt",
               "checkpoints/student_scratch_seed0.pt", "ship/student/model.onnx", "ship/student/tokenizer.json",
               "ship/student/config.json", "ship/student/MODEL_CARD.md"):
         assert (run_dir / f).is_file(), f
+    for name in res["export"]:  # student_scratch too, unless the scratch student is the one that ships
+        assert (run_dir / "models" / name / "model.onnx").is_file(), name
     assert res["task"] == "text"
     assert res["models"]["teacher"]["fine_tuned"] and "only an encoder" in res["models"]["teacher"]["why"]
     assert res["data"]["labels"] == ["politics", "sport", "tech"]
@@ -74,7 +76,7 @@ def test_run_writes_models_report_and_results(text_run):
     assert ("student.fused-bert", 1, 32) in labels
     assert res["benchmark"]["tokenizer"]["p50_us"] > 0
     sel = res["variants"]["student"]["selection"]
-    assert sel["shipped"] == res["ship"]["source"]
+    assert sel["shipped"] == res["ship"]["model"]
     assert {"teacher", "student", "teacher@torch-eager-cpu"} <= {r["model"] for r in res["benchmark"]["results"]}
     report = (run_dir / "report.md").read_text()
     for section in ("## Distillation", "## Latency", "## Compressed variants and the shipping guard", "## Energy",
