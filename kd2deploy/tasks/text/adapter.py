@@ -55,6 +55,7 @@ class TextTask:
         self.hf: dict[str, Path] = {}  # model name -> saved Hugging Face folder
         self.folders: dict[str, Path] = {}  # model name -> exported folder (model.onnx + tokenizer)
         self.layer_map: list[int] = []
+        self._inputs: set[str] | None = None  # the exported models' input names
 
     # ----------------------------------------------------------------------------------------- provenance
     def packages(self) -> list[str]:
@@ -320,10 +321,14 @@ class TextTask:
         return batch_inputs({k: v for k, v in enc.items() if k in names}, batch_size)
 
     def _input_names(self) -> set[str]:
-        import onnxruntime as ort
+        """The exported models' input names (read once: every batch size, shape and the calibration ask)."""
+        if self._inputs is None:
+            import onnxruntime as ort
 
-        path = next(iter(self.folders.values())) / "model.onnx"
-        return {i.name for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()}
+            path = next(iter(self.folders.values())) / "model.onnx"
+            self._inputs = {i.name for i in ort.InferenceSession(str(path),
+                                                                 providers=["CPUExecutionProvider"]).get_inputs()}
+        return self._inputs
 
     def calibration_inputs(self) -> dict[str, np.ndarray]:
         from kd2deploy.tasks.text.bench import fixed_length_inputs
