@@ -68,12 +68,11 @@ def _arch_file(arch: str | None) -> str | None:
     return spec[0] if spec else None
 
 
-def versions(archs: Iterable[str | None] = (), extra: Iterable[str] = ()) -> dict[str, str | None]:
-    """Versions of what shapes a trained model: kd2deploy, torch, numpy, scikit-learn, hub packages, ``extra``."""
+def versions(extra: Iterable[str] = ()) -> dict[str, str | None]:
+    """Versions of what shapes a trained model: kd2deploy, torch, numpy, scikit-learn, ``extra``."""
     from importlib import metadata
 
     names = ["torch", "numpy", "scikit-learn"]
-    names += sorted({a.split(":", 1)[0] for a in archs if a and a.split(":", 1)[0] in ("torchvision", "timm")})
     names += list(extra)
     out: dict[str, str | None] = {"kd2deploy": __version__}
     for name in names:
@@ -103,12 +102,11 @@ def teacher_inputs(cfg) -> dict[str, Any]:
     for i, m in enumerate(cfg.teacher.ensemble):
         files[f"teacher.ensemble.{i}.checkpoint"] = m.checkpoint
         files[f"teacher.ensemble.{i}.arch"] = _arch_file(m.arch)
-    archs = [cfg.teacher.arch, *(m.arch for m in cfg.teacher.ensemble)]
     return {
         "format": CACHE_FORMAT, "seed": r["seed"], "teacher": r["teacher"],
         "distill": {k: r["distill"][k] for k in ("labelled_fraction", "teacher_labels")},
         "files": {k: file_sha256(p) for k, p in files.items() if p is not None},
-        "versions": versions(archs),
+        "versions": versions(),
     }
 
 
@@ -119,7 +117,7 @@ def students_inputs(cfg) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT, "seed": r["seed"], "student": r["student"], "distill": r["distill"],
         "files": {k: file_sha256(p) for k, p in files.items() if p is not None},
-        "versions": versions([cfg.student.arch]),
+        "versions": versions(),
     }
 
 

@@ -100,17 +100,17 @@ class TrainConfig(StudentTrainConfig):
 
 
 def _check_arch(v: str, info: ValidationInfo) -> str:
-    from kd2deploy.models import MODELS, check_hub_spec, split_file_spec, split_hub_spec
+    from kd2deploy.models import MODELS, removed_hub_message, split_file_spec
 
-    hub = split_hub_spec(v)
-    if hub is not None:
-        return check_hub_spec(*hub)
+    removed = removed_hub_message(v)
+    if removed:
+        raise ValueError(removed)
     spec = split_file_spec(v)
     if spec is None:
         try:
             return MODELS.check(v)
         except ValueError as e:
-            raise ValueError(f"{e}; or path/to/file.py:function, torchvision:NAME, timm:NAME") from None
+            raise ValueError(f"{e}; or path/to/file.py:function") from None
     file, fn = spec
     path = _existing_path(Path(file), info)
     return f"{path}:{fn}"

@@ -75,16 +75,16 @@ def from_env() -> DistContext:
     if world <= 1:
         return DistContext()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    import torch
-
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # kd2deploy trains on the CPU (no tensor moves to a GPU), and NCCL reduces only CUDA tensors: gloo even where
+    # CUDA is available (choosing NCCL there made every `--nproc` run fail on a GPU machine).
+    backend = "gloo"
     return DistContext(rank=int(os.environ.get("RANK", "0")), world_size=world,
                        local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=backend,
                        nnodes=max(1, world // max(1, local_world)))
 
 
 def init() -> DistContext:
-    """Joins the process group torchrun set up (gloo on CPU, NCCL with CUDA); a no-op for one process.
+    """Joins the process group torchrun set up (gloo: training runs on the CPU); a no-op for one process.
 
     With several processes each uses one torch thread (two threads per process on a shared 2-core machine ran
     several times slower); set ``KD2DEPLOY_THREADS_PER_RANK`` to change that.
@@ -101,8 +101,6 @@ def init() -> DistContext:
 
     torch.set_num_threads(int(os.environ.get("KD2DEPLOY_THREADS_PER_RANK", "1")))
     if not dist.is_initialized():
-        if ctx.backend == "nccl":
-            torch.cuda.set_device(ctx.local_rank)
         dist.init_process_group(ctx.backend, timeout=datetime.timedelta(minutes=30))
     _ctx = ctx
     log.info("distributed: rank %d of %d, backend %s", ctx.rank, ctx.world_size, ctx.backend)

@@ -45,81 +45,32 @@ def _load_user_builder(file: str, fn: str) -> Builder:
     return builder
 
 
-# Architectures from optional packages, by "<package>:<name>" (random init; load weights with a checkpoint).
-HUBS = {"torchvision": "torchvision", "timm": "timm"}
-_HUB_SPEC = re.compile(r"^(?P<hub>torchvision|timm):(?P<name>[A-Za-z0-9_.\-]+)$")
+# ``timm:NAME`` / ``torchvision:NAME`` were built in until 2026-12: no CI machine here can import torchvision beside
+# the CPU torch wheel, so the builders were never tested. A three-line builder file does the same (see below).
+_REMOVED_HUB = re.compile(r"^(?P<hub>torchvision|timm):(?P<name>.*)$")
 
 
-def split_hub_spec(spec: str) -> tuple[str, str] | None:
-    """``'timm:resnet18'`` -> ``('timm', 'resnet18')``; None for anything else."""
-    m = _HUB_SPEC.match(spec)
-    return (m["hub"], m["name"]) if m else None
-
-
-def check_hub_spec(hub: str, name: str) -> str:
-    """Checks that the optional package is installed and knows ``name``; raises ValueError saying what to do."""
-    import difflib
-    import importlib.util
-
-    install = ("install a torchvision built for this torch (the CPU build: pip install -c constraints.txt torchvision "
-               "--index-url https://download.pytorch.org/whl/cpu), then timm from PyPI; PyPI's own torchvision 0.28.0 "
-               "installs beside torch 2.13.0+cpu but its operators do not load, and timm 1.0.31 imports torchvision")
-    if importlib.util.find_spec(HUBS[hub]) is None:
-        raise ValueError(f"{hub}:{name} needs the optional package {hub!r}, which is not installed; {install}")
-    try:
-        names = _hub_names(hub)
-    except Exception as e:  # noqa: BLE001 - an installed package that does not load with this torch
-        raise ValueError(f"{hub}:{name}: {hub!r} is installed but does not load ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); {install}") from None
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=5)
-        raise ValueError(f"unknown {hub} model {name!r}; close names: {', '.join(close) or 'none'} "
-                         f"({len(names)} in all, see {hub}'s list_models())")
-    return f"{hub}:{name}"
-
-
-def _hub_names(hub: str) -> list[str]:
-    if hub == "torchvision":
-        import torchvision
-
-        return list(torchvision.models.list_models())
-    import timm
-
-    return list(timm.list_models())
-
-
-def _hub_builder(hub: str, name: str) -> Builder:
-    def build(input_shape, num_classes, **kwargs):
-        if hub == "timm":
-            import timm
-
-            return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0],
-                                     **kwargs)
-        import torchvision
-
-        if input_shape[0] != 3:
-            raise ValueError(f"torchvision models take 3-channel images; the data has {input_shape[0]} channel(s) "
-                             "(timm models take in_chans)")
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-
-    return build
+def removed_hub_message(spec: str) -> str | None:
+    """What to write instead of a ``timm:NAME`` / ``torchvision:NAME`` architecture; None for anything else."""
+    m = _REMOVED_HUB.match(spec)
+    if m is None:
+        return None
+    call = ("timm.create_model({n!r}, num_classes=num_classes, in_chans=input_shape[0])" if m["hub"] == "timm"
+            else "torchvision.models.get_model({n!r}, num_classes=num_classes)").format(n=m["name"])
+    return (f"{spec}: '{m['hub']}:NAME' architectures are no longer built in; write a builder file, e.g. "
+            f"models.py with 'import {m['hub']}' and 'def build(input_shape, num_classes, **kw): return {call}', "
+            "and use arch: models.py:build")
 
 
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, kwargs: dict[str, Any], role: str):
-    """Builds a model by zoo name, ``file.py:function`` or ``torchvision:NAME`` / ``timm:NAME``; errors name the
-    role (teacher / student)."""
+    """Builds a model by zoo name or ``file.py:function``; errors name the role (teacher / student)."""
     import torch.nn as nn
 
     spec = split_file_spec(arch)
-    hub = split_hub_spec(arch)
-    if hub is not None:
-        try:
-            check_hub_spec(*hub)
-        except ValueError as e:
-            raise ConfigError(f"{role}.arch: {e}") from None
-        builder = _hub_builder(*hub)
-    else:
-        builder = _load_user_builder(*spec) if spec else MODELS.get(arch)
+    removed = removed_hub_message(arch)
+    if removed:
+        raise ConfigError(f"{role}.arch: {removed}")
+    builder = _load_user_builder(*spec) if spec else MODELS.get(arch)
     try:
         model = builder(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
     except TypeError as e:
