@@ -278,23 +278,25 @@ def _preprocess(src: Path, work: Path) -> Path:
     return out
 
 
-def calibration_subset(calib_x: np.ndarray, n: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
-    """A seeded random subset of ``n`` rows (all rows, in order, when there are no more than ``n``)."""
-    if len(calib_x) == 0:
+def calibration_subset(calib_x: np.ndarray | dict[str, np.ndarray], n: int, seed: int = CALIBRATION_SEED):
+    """A seeded random subset of ``n`` rows (all rows, in order, when there are no more than ``n``); for a dict of
+    inputs (a text model's token ids, mask, ...) the same rows of every input."""
+    first = next(iter(calib_x.values())) if isinstance(calib_x, dict) else calib_x
+    if len(first) == 0:
         raise StageError("static INT8 needs calibration samples, and the training split given is empty")
-    if len(calib_x) <= n:
+    if len(first) <= n:
         return calib_x
-    rows = np.sort(np.random.default_rng(seed).choice(len(calib_x), size=n, replace=False))
-    return calib_x[rows]
+    rows = np.sort(np.random.default_rng(seed).choice(len(first), size=n, replace=False))
+    return {k: v[rows] for k, v in calib_x.items()} if isinstance(calib_x, dict) else calib_x[rows]
 
 
 class _Reader:
-    """A ``CalibrationDataReader``: the calibration samples in batches, as feeds of the model's one input."""
+    """A ``CalibrationDataReader``: the calibration samples in batches, as feeds (input name -> rows)."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
-        self._batches = [
-            {input_name: np.ascontiguousarray(x[i : i + batch])} for i in range(0, len(x), batch)
-        ]
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int = CALIBRATION_BATCH) -> None:
+        n = len(next(iter(feeds.values())))
+        self._batches = [{k: np.ascontiguousarray(v[i : i + batch]) for k, v in feeds.items()}
+                         for i in range(0, n, batch)]
         self._it = iter(self._batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -334,9 +336,14 @@ def _int8_static(
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    pre = _preprocess(src, work)
+    info: dict[str, Any] = {}
+    try:
+        pre = _preprocess(src, work)
+    except Exception as e:  # noqa: BLE001 - e.g. symbolic shape inference on a transformer graph: quantise as is
+        pre = src
+        info["preprocessing"] = f"skipped ({type(e).__name__}: {str(e).strip()[:120]})"
     x = calibration_subset(calib_x, spec.calibration_samples)
-    reader = _reader_class()(_only_input(pre), x)
+    reader = _reader_class()(x if isinstance(x, dict) else {_only_input(pre): x})
     method = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
@@ -349,9 +356,10 @@ def _int8_static(
     cache = work / "calibration.json"
     if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # absent in older releases
         kwargs["calibration_cache_path"] = str(cache)
+    out = work / "quantized.onnx"  # helper files stay in the work folder (as for int8-dynamic)
     quantize_static(
         str(pre),
-        str(tmp),
+        str(out),
         reader,
         quant_format=QuantFormat.QDQ if spec.format == "qdq" else QuantFormat.QOperator,
         per_channel=spec.per_channel,
@@ -360,10 +368,12 @@ def _int8_static(
         extra_options=extra,
         **kwargs,
     )
+    os.replace(out, tmp)
     return {
+        **info,
         "calibration": {
             "method": spec.calibration,
-            "samples": len(x),
+            "samples": len(next(iter(x.values())) if isinstance(x, dict) else x),
             "from": "training split",
             "seed": CALIBRATION_SEED,
             "output_ranges": _output_ranges(cache, pre),

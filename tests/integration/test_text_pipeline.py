@@ -29,6 +29,9 @@ text:
   bench: {seq_lens: [32, 16], tokenizer_samples: 20}
 benchmark: {batch_sizes: [1, 4], warmup_s: 0.01, warmup_runs: 2, min_duration_s: 0.05, min_runs: 10, rounds: 2}
 energy: {window_s: 1.0, repeats: 1}
+variants:
+  variants: [{kind: int8-dynamic}, {kind: int8-static, calibration_samples: 24}, {kind: transformer-fusion}]
+  apply_to: [student]
 """
 
 
@@ -74,6 +77,12 @@ def test_run_writes_models_report_and_results(text_run):
     labels = {(r["model"], r["batch_size"], r["seq_len"]) for r in res["benchmark"]["results_all"]}
     assert ("teacher", 4, 16) in labels and ("student.int8-dynamic-qint8", 1, 32) in labels
     assert ("student.fused-bert", 1, 32) in labels
+    (static,) = [v for v in res["variants"]["student"]["variants"] if v["label"] == "student.int8-static-qdq-minmax-n24"]
+    calibrated = static["clipping"]["calibration"]
+    assert calibrated == {"method": "minmax", "samples": 24, "from": "training split"}
+    dynamic = res["variants"]["student"]["variants"][0]
+    assert static["parity"]["n_samples"] == dynamic["parity"]["n_samples"] > 0  # judged on the same test feeds
+    assert ("student.int8-static-qdq-minmax-n24", 1, 32) in labels  # token-id feeds calibrated and timed
     assert res["benchmark"]["tokenizer"]["p50_us"] > 0
     sel = res["variants"]["student"]["selection"]
     assert sel["shipped"] == res["ship"]["model"]

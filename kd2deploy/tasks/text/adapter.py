@@ -15,7 +15,7 @@ from kd2deploy.tasks.base import Capabilities
 if TYPE_CHECKING:
     from kd2deploy.engine.state import RunState
 
-TEXT_VARIANT_KINDS = frozenset({"int8-dynamic", "transformer-fusion", "optimized"})
+TEXT_VARIANT_KINDS = frozenset({"int8-dynamic", "int8-static", "transformer-fusion", "optimized"})
 
 
 def require_hf() -> None:
@@ -38,9 +38,7 @@ class TextTask:
     capabilities: ClassVar[Capabilities] = Capabilities(
         section="text", variant_kinds=TEXT_VARIANT_KINDS,
         backends=frozenset({"onnxruntime-cpu", "onnxruntime-cuda"}), torch_baseline=True, distributed=False,
-        reasons={"int8-static": "static INT8 calibration reads one float input; token inputs are not wired into "
-                                "its calibration reader yet; use int8-dynamic",
-                 "fp16": "float16 is for GPU providers; the text task's variants are judged on onnxruntime's CPU "
+        reasons={"fp16": "float16 is for GPU providers; the text task's variants are judged on onnxruntime's CPU "
                          "provider",
                  "tensorrt": "the text models' dynamic sequence axis has no TensorRT profile yet",
                  "onnxruntime-tensorrt": "the text models' dynamic sequence axis has no TensorRT profile yet"},
