@@ -77,7 +77,8 @@ def test_run_writes_models_report_and_results(text_run):
     labels = {(r["model"], r["batch_size"], r["seq_len"]) for r in res["benchmark"]["results_all"]}
     assert ("teacher", 4, 16) in labels and ("student.int8-dynamic-qint8", 1, 32) in labels
     assert ("student.fused-bert", 1, 32) in labels
-    (static,) = [v for v in res["variants"]["student"]["variants"] if v["label"] == "student.int8-static-qdq-minmax-n24"]
+    (static,) = [v for v in res["variants"]["student"]["variants"]
+                 if v["label"] == "student.int8-static-qdq-minmax-n24"]
     calibrated = static["clipping"]["calibration"]
     assert calibrated == {"method": "minmax", "samples": 24, "from": "training split"}
     dynamic = res["variants"]["student"]["variants"][0]
