@@ -72,3 +72,24 @@ def test_distil_runs_every_term_with_a_projection(teacher):
     student, history = distil(student, teacher, data, data, cfg, info["layer_map"], seed=0)
     assert np.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
     assert not torch.equal(before, student.classifier.weight)
+
+
+def test_frozen_word_embeddings_stay_fixed_while_the_rest_trains(teacher):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from kd2deploy.tasks.text.config import TextTrainConfig
+    from kd2deploy.tasks.text.train import Encoded, fine_tune
+    from tests.hf_tiny import tiny_texts
+
+    tok = AutoTokenizer.from_pretrained(teacher.name_or_path)
+    rows = tiny_texts(4)
+    labels = {"politics": 0, "sport": 1, "tech": 2}
+    data = Encoded(tok, [t for t, _ in rows], np.array([labels[lab] for _, lab in rows]), 16)
+    student, _ = build_student(teacher, TextStudentConfig(num_layers=2))
+    emb = student.get_input_embeddings().weight.detach().clone()
+    layer = student.bert.encoder.layer[0].output.dense.weight.detach().clone()
+    cfg = TextTrainConfig(epochs=1, batch_size=4, lr=1e-2, freeze_word_embeddings=True)
+    student, _ = fine_tune(student, data, data, cfg, seed=0)
+    assert torch.equal(student.get_input_embeddings().weight, emb)
+    assert not torch.equal(student.bert.encoder.layer[0].output.dense.weight, layer)

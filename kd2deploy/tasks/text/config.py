@@ -63,6 +63,9 @@ class TextTrainConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     max_grad_norm: PositiveFloat = 1.0
+    freeze_word_embeddings: bool = Field(
+        False, description="keep the token-embedding table fixed (about half of a MiniLM's parameters): steps ~15 % "
+        "faster on a CPU, and the usual choice on a small corpus; only sensible for weights that start pretrained")
 
 
 class TextDataConfig(Strict):

@@ -148,6 +148,13 @@ def _loop(model, params, train: Encoded, val: Encoded, train_cfg, seed: int, ste
     return model, history
 
 
+def trainable(model, train_cfg) -> list:
+    """The parameters a schedule trains: all, less the token embeddings with ``freeze_word_embeddings``."""
+    if train_cfg.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def fine_tune(model, train: Encoded, val: Encoded, train_cfg, seed: int, on_epoch=None, checkpoint=None,
               label_smoothing: float = 0.0):
     """Cross-entropy fine-tuning of the whole model (the teacher's new head and encoder; or a control student on
@@ -157,8 +164,7 @@ def fine_tune(model, train: Encoded, val: Encoded, train_cfg, seed: int, on_epoc
     def step_loss(batch, y, idx):
         return F.cross_entropy(model(**batch).logits, y, label_smoothing=label_smoothing)
 
-    return _loop(model, [p for p in model.parameters() if p.requires_grad], train, val, train_cfg, seed,
-                 step_loss, on_epoch, checkpoint)
+    return _loop(model, trainable(model, train_cfg), train, val, train_cfg, seed, step_loss, on_epoch, checkpoint)
 
 
 def distil(student, teacher, train: Encoded, val: Encoded, distill_cfg, layer_map: list[int], seed: int,
@@ -176,7 +182,7 @@ def distil(student, teacher, train: Encoded, val: Encoded, distill_cfg, layer_ma
     want_hidden, want_attn = "hidden" in terms, "attention" in terms
     torch.manual_seed(seed)
     projection = make_projection(student.config.hidden_size, teacher.config.hidden_size)
-    params = [p for p in student.parameters() if p.requires_grad] + list(projection.parameters())
+    params = trainable(student, distill_cfg.train) + list(projection.parameters())
     teacher.eval()
     kw = {"output_hidden_states": want_hidden, "output_attentions": want_attn}
 
