@@ -409,7 +409,7 @@ def sweep(
     budget: Annotated[str | None, typer.Option("--budget", help="Time per arm family (KD and each control), e.g. "
                                                "20m; counted over reruns (default: distill.search.budget_s).")] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="Finished trials per arm family.")] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="tpe or grid (default: distill.search.sampler)."
+    sampler: Annotated[str | None, typer.Option("--sampler", help="auto, tpe or grid (default: distill.search.sampler)."
                                                 )] = None,
     method: Annotated[str | None, typer.Option("--method", help="Comma-separated losses, e.g. hinton,dkd.")] = None,
     temperature: Annotated[str | None, typer.Option("--temperature", "-T", help="Comma-separated, e.g. 1,2,4 "

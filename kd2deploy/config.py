@@ -264,14 +264,19 @@ class ControlTrain(Strict):
 class SearchConfig(Strict):
     """Search of the distillation settings on the validation split (kd2deploy/distill/study.py, Optuna).
 
-    Each list holds the candidates of one setting; empty = the pipeline's own value (not searched). The
-    controls get the same budget for their own settings (label-smoothing strength, epochs, learning rate).
+    On by default. Each list holds the candidates of one setting; empty = the pipeline's own value (not searched),
+    except temperature, alpha and control_label_smoothing when the pipeline file leaves them unset: those are
+    searched over ``study.UNSET_CANDIDATES`` (T 1/2/4, alpha 0.5/0.9, smoothing 0.05/0.1/0.2). The controls get the
+    same budget for their own settings (label-smoothing strength, epochs, learning rate); a family with nothing to
+    choose is not searched. Not run under ``--nproc`` (the settings as written are used, and the report says so).
     """
 
-    enabled: bool = Field(False, description="search before training the students of the run")
+    enabled: bool = Field(True, description="search before training the students of the run (false: train with "
+                          "the settings as written)")
     budget_s: PositiveFloat | None = Field(120.0, description="seconds per arm family (kd and each control)")
     trials: PositiveInt | None = Field(None, description="finished trials per arm family (with or instead of budget_s)")
-    sampler: Literal["tpe", "grid"] = "tpe"
+    sampler: Literal["auto", "tpe", "grid"] = Field(
+        "auto", description="auto: every combination when a family has at most 12, else TPE")
     seeds: Annotated[list[int], Field(min_length=1)] | None = Field(
         None, description="seeds of each trial (default: distill.seeds)")
     methods: list[str] = Field(default_factory=list, description="distillation losses, e.g. [hinton, dkd]")

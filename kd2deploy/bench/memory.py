@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,13 @@ def _peak_bytes() -> int:
 peak_bytes = _peak_bytes  # the public name (other tasks' memory probes)
 
 
-def probe(path: str, batch_size: int, threads: int, graph_optimization: str, runs: int = 5) -> dict[str, Any]:
-    """Runs in the child process: imports, session, ``runs`` runs; returns the two peaks in bytes."""
+def probe(path: str, batch_size: int, threads: int, graph_optimization: str, runs: int = 5,
+          inputs: str | None = None) -> dict[str, Any]:
+    """Runs in the child process: imports, session, ``runs`` runs; returns the two peaks in bytes.
+
+    ``inputs``: a .npz (one array per input name) or .npy (the model's one input) holding the batch to run, for
+    models whose inputs have dynamic axes besides the batch (a text model's sequence length); else random feeds.
+    """
     import numpy  # noqa: F401 - counted in the baseline, as in any inference process
     import onnxruntime  # noqa: F401
 
@@ -61,15 +67,23 @@ def probe(path: str, batch_size: int, threads: int, graph_optimization: str, run
     baseline = _peak_bytes()
     settings = HarnessSettings(intra_op_threads=threads, graph_optimization=graph_optimization)
     session, _ = create_ort_session(path, settings)
-    feeds = random_feeds(session_input_specs(session), batch_size)
+    if inputs is None:
+        feeds = random_feeds(session_input_specs(session), batch_size)
+    elif inputs.endswith(".npz"):
+        with numpy.load(inputs) as data:
+            feeds = {k: data[k] for k in data.files}
+    else:
+        feeds = {session.get_inputs()[0].name: numpy.load(inputs)}
     for _ in range(runs):
         session.run(None, feeds)
     peak = _peak_bytes()
     return {"peak_rss_bytes": peak, "baseline_peak_rss_bytes": baseline, "session_peak_bytes": peak - baseline}
 
 
-def measure_memory(path: Path, settings: Any, batch_size: int, runs: int = 5, timeout_s: float = 120) -> dict:
-    """Peak memory of ``path`` in a fresh process (see the module doc).
+def measure_memory(path: Path, settings: Any, batch_size: int, runs: int = 5, timeout_s: float = 120,
+                   inputs: Any = None) -> dict:
+    """Peak memory of ``path`` in a fresh process (see the module doc); ``inputs`` (an array, or a dict of arrays
+    by input name) is the batch it runs, random feeds when None.
 
     Returns:
         ``peak_rss_bytes``, ``baseline_peak_rss_bytes``, ``session_peak_bytes``, ``batch_size``, ``method``;
@@ -81,10 +95,17 @@ def measure_memory(path: Path, settings: Any, batch_size: int, runs: int = 5, ti
         "--runs", str(runs),
     ]
     out: dict[str, Any] = {"batch_size": batch_size, "method": METHOD.format(runs=runs)}
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return {**out, "error": f"memory probe did not finish: {type(e).__name__}"}
+    with tempfile.TemporaryDirectory(prefix="kd2deploy-mem-") as tmp:
+        if inputs is not None:
+            import numpy as np
+
+            feed = Path(tmp) / ("inputs.npz" if isinstance(inputs, dict) else "inputs.npy")
+            np.savez(feed, **inputs) if isinstance(inputs, dict) else np.save(feed, inputs)
+            cmd += ["--inputs", os.fspath(feed)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return {**out, "error": f"memory probe did not finish: {type(e).__name__}"}
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {**out, "error": f"memory probe failed: {last[:300]}"}
@@ -98,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"])
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--inputs", default=None, help=".npz (arrays by input name) or .npy: the batch to run")
     a = p.parse_args(argv)
-    print(json.dumps(probe(a.model, a.batch_size, a.threads, a.graph_optimization, a.runs)))
+    print(json.dumps(probe(a.model, a.batch_size, a.threads, a.graph_optimization, a.runs, a.inputs)))
     return 0
 
 

@@ -81,7 +81,8 @@ def benchmark_models(state, progress) -> dict[str, Any]:
     files = {**{name: state.onnx[name] for name in COMPARED},
              **{label: p for label, (_, p) in state.variants.items()}}
     biggest = max(cfg.batch_sizes)
-    memory = {label: measure_memory(path, settings, biggest) for label, path in files.items()}
+    biggest_batch = task.bench_inputs(biggest, shapes[0])  # real inputs: text models have a dynamic sequence axis
+    memory = {label: measure_memory(path, settings, biggest, inputs=biggest_batch) for label, path in files.items()}
     results, ratio_rows, setup, skipped = [], [], {}, []
     for shape in shapes:
         inputs = {b: task.bench_inputs(b, shape) for b in cfg.batch_sizes}

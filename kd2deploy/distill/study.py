@@ -32,7 +32,14 @@ from kd2deploy.errors import ConfigError, Kd2DeployError
 log = logging.getLogger(__name__)
 
 FAMILIES = ("kd", "label_smoothing", "scratch")
-SAMPLERS = ("tpe", "grid")
+SAMPLERS = ("auto", "tpe", "grid")
+AUTO_GRID_MAX = 12  # "auto": every combination when a family's grid has at most this many, else TPE
+# What the search tries for a setting the pipeline file leaves unset (a setting the file sets stays fixed unless
+# its search list names candidates): Hinton's T and alpha over their usual range (Hinton et al. 2015 used T up to
+# 20 on MNIST; 1-4 is where small students do best, Cho & Hariharan 2019), and label-smoothing strengths around
+# Szegedy et al.'s 0.1 (Mueller et al. 2019).
+UNSET_CANDIDATES = {"temperature": [1.0, 2.0, 4.0], "alpha": [0.5, 0.9],
+                    "control_label_smoothing": [0.05, 0.1, 0.2]}
 TIE_WEIGHT = 1e-4  # value = mean val accuracy - TIE_WEIGHT * mean val loss
 
 
@@ -84,13 +91,20 @@ class Problem:
 
 
 def default_space(d) -> dict[str, dict[str, list]]:
-    """The search space per family, from a DistillConfig: its ``search`` lists, each defaulting to the pipeline's
-    own value (a one-value list is not searched)."""
+    """The search space per family, from a DistillConfig: its ``search`` lists; a setting without one keeps the
+    pipeline's own value (a one-value list is not searched), except T, alpha and the label-smoothing strength when
+    the pipeline file leaves them unset: those get :data:`UNSET_CANDIDATES`."""
     s = d.search
+
+    def unset_or(name: str, listed: list) -> list:
+        if listed:
+            return list(listed)
+        return [getattr(d, name)] if name in d.model_fields_set else list(UNSET_CANDIDATES[name])
+
     kd = {
         "method": s.methods or [d.loss],
-        "temperature": s.temperatures or [d.temperature],
-        "alpha": s.alphas or [d.alpha],
+        "temperature": unset_or("temperature", s.temperatures),
+        "alpha": unset_or("alpha", s.alphas),
         "nontarget_weight": s.nontarget_weights or [d.options.get("nontarget_weight", 8.0)],
         "standardize_logits": s.standardize_logits or [bool(d.options.get("standardize_logits", False))],
         "hard_label_smoothing": s.hard_label_smoothing or [d.options.get("label_smoothing", 0.0)],
@@ -103,7 +117,7 @@ def default_space(d) -> dict[str, dict[str, list]]:
     sc = d.control_train.get("scratch")
     return {
         "kd": kd,
-        "label_smoothing": {"label_smoothing": s.control_label_smoothing or [d.control_label_smoothing],
+        "label_smoothing": {"label_smoothing": unset_or("control_label_smoothing", s.control_label_smoothing),
                             "epochs": s.epochs or [ls.epochs if ls and ls.epochs else d.train.epochs],
                             "lr": s.lrs or [ls.lr if ls and ls.lr else d.train.lr]},
         "scratch": {"epochs": s.epochs or [sc.epochs if sc and sc.epochs else d.train.epochs],
@@ -174,6 +188,13 @@ def run_trial(problem: Problem, family: str, params: dict[str, Any],
             "curve": [sum(v) / len(v) for _, v in sorted(curve.items())], "wall_s": time.perf_counter() - t0}
 
 
+def resolve_sampler(kind: str, space: dict[str, list]) -> str:
+    """``auto``: ``grid`` for a family's grid of at most :data:`AUTO_GRID_MAX` combinations, else ``tpe``."""
+    if kind == "auto":
+        return "grid" if grid_size(space) <= AUTO_GRID_MAX else "tpe"
+    return kind
+
+
 def _sampler(kind: str, space: dict[str, list], seed: int):
     import optuna
 
@@ -197,7 +218,7 @@ def _spent_s(study) -> float:
 
 
 def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *, families=FAMILIES,
-           budget_s: float | None = None, n_trials: int | None = None, sampler: str = "tpe", seed: int = 0,
+           budget_s: float | None = None, n_trials: int | None = None, sampler: str = "auto", seed: int = 0,
            study_prefix: str = "kd2deploy", on_trial: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
     """Runs (or continues) one study per family in the SQLite file ``storage``; returns :func:`summarise`.
 
@@ -206,7 +227,8 @@ def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *
         budget_s: total seconds per family, counted over every run of the study (a rerun spends what is left);
             a trial that has started finishes.
         n_trials: total finished (complete or pruned) trials per family, over every run of the study.
-        sampler: "tpe" (Optuna's TPE, seeded) or "grid" (every combination once, in a seeded order).
+        sampler: "tpe" (Optuna's TPE, seeded), "grid" (every combination once, in a seeded order) or "auto" (grid
+            for a small grid, else TPE: :func:`resolve_sampler`). A family with one combination is not searched.
         on_trial: called as ``on_trial(family, record)`` after each trial.
 
     Raises:
@@ -221,17 +243,20 @@ def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *
     url = f"sqlite:///{storage.resolve()}"
     for family in families:
         fam_space = space[family]
+        if grid_size(fam_space) == 1:  # nothing to choose: the family trains with its own settings
+            continue
+        fam_sampler = resolve_sampler(sampler, fam_space)
         name = f"{study_prefix}-{family}"
         before = len(optuna.load_study(study_name=name, storage=url).trials) if _exists(url, study_prefix,
                                                                                           family) else 0
         study = optuna.create_study(  # a rerun loads the stored study; the sampler's seed moves on with it
             storage=url, study_name=name, direction="maximize", load_if_exists=True,
-            sampler=_sampler(sampler, fam_space, seed + before),
+            sampler=_sampler(fam_sampler, fam_space, seed + before),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=25))
         study.set_user_attr("space", {k: list(v) for k, v in fam_space.items()})
         left_n = None if n_trials is None else n_trials - len(_finished(study))
         left_s = None if budget_s is None else budget_s - _spent_s(study)
-        if sampler == "grid":
+        if fam_sampler == "grid":
             grid_left = grid_size(fam_space) - len(_finished(study))
             left_n = grid_left if left_n is None else min(left_n, grid_left)
         if (left_n is not None and left_n <= 0) or (left_s is not None and left_s <= 0):

@@ -307,16 +307,22 @@ def _distill_setup(results: dict[str, Any]) -> list[str]:
                    f"(p = {m['p']:g}, s = {m['s']:g}), {m['n_transfer']} samples labelled by the teacher; controls: "
                    f"{m['controls']}.")
     search = d.get("search")
-    if search:
+    if search and search.get("skipped"):
+        out.append(f"Settings search (distill.search) not run: {search['skipped']}.")
+    elif search:
         parts = []
         for fam, f in search.get("families", {}).items():
             best = f.get("best")
+            space = f.get("space") or {}
+            tried = ", ".join(f"{k} in {v}" for k, v in space.items() if len(v) > 1)
             chosen = "nothing complete" if not best else (f"val {100 * best['val_accuracy']:.2f} % with "
-                                                         + ", ".join(f"{k} = {v}" for k, v in best["params"].items()))
-            parts.append(f"{fam}: {len(f['trials'])} trials ({f['n_pruned']} pruned) in {f['spent_s']:.0f} s, "
-                         f"chose {chosen}")
-        out.append("Settings searched on the validation split (Optuna, same budget per arm family): "
-                   + "; ".join(parts) + f". Selection: {search.get('selection')}.")
+                                                         + ", ".join(f"{k} = {best['params'][k]}" for k in space
+                                                                     if len(space[k]) > 1 and k in best["params"]))
+            parts.append(f"{fam} ({tried}): {len(f['trials'])} trials ({f['n_pruned']} pruned) in "
+                         f"{f['spent_s']:.0f} s, chose {chosen}")
+        out.append("Settings searched on the validation split (Optuna, same budget per arm family; a family with "
+                   "nothing to choose trains as written): " + ("; ".join(parts) or "nothing to search")
+                   + f". Selection: {search.get('selection')}.")
     conv = d.get("convergence")
     if conv:
         out.append("Convergence and smoothness (validation curves, mean over seeds): " + "; ".join(conv["sentences"])

@@ -69,7 +69,7 @@ class StudentsStage(BaseStage):
         spent = energy.as_dict()
         kwh = spent.get("energy_kwh")
         if kwh is not None and record.get("search") and spent.get("duration_s"):  # the search's share is not training
-            searched = sum(f["spent_s"] for f in record["search"]["families"].values())
+            searched = sum(f["spent_s"] for f in record["search"].get("families", {}).values())
             kwh *= max(0.0, 1 - searched / spent["duration_s"])
         record["convergence"] = convergence_of(record["per_seed"], kwh)
         fractions = getattr(getattr(state.cfg, "distill", None), "label_fractions", None)

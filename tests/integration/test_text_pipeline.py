@@ -85,6 +85,11 @@ def test_run_writes_models_report_and_results(text_run):
     assert static["parity"]["n_samples"] == dynamic["parity"]["n_samples"] > 0  # judged on the same test feeds
     assert ("student.int8-static-qdq-minmax-n24", 1, 32) in labels  # token-id feeds calibrated and timed
     assert res["benchmark"]["tokenizer"]["p50_us"] > 0
+    flops = {m: res["benchmark"]["models"][m]["flops_per_sample"] for m in ("teacher", "student")}
+    assert flops["teacher"] > flops["student"] > 0  # FlopCounterMode at seq_len 32: 4 layers against 2
+    for name in ("teacher", "student", "student.int8-dynamic-qint8"):  # real token feeds: no dynamic-axis failure
+        mem = res["benchmark"]["models"][name]["memory"]
+        assert "error" not in mem and mem["session_peak_bytes"] > 0 and mem["batch_size"] == 4, (name, mem)
     sel = res["variants"]["student"]["selection"]
     assert sel["shipped"] == res["ship"]["model"]
     assert {"teacher", "student", "teacher@torch-eager-cpu"} <= {r["model"] for r in res["benchmark"]["results"]}

@@ -16,10 +16,25 @@ def test_space_defaults_to_the_pipelines_values(write_pipeline):
     d = load_config(write_pipeline(SEARCH)).distill
     space = study.default_space(d)
     assert space["kd"]["method"] == ["hinton", "dkd"] and space["kd"]["temperature"] == [2.0, 4.0]
-    assert space["kd"]["alpha"] == [0.5] and space["kd"]["munge_passes"] == [0]
+    assert space["kd"]["alpha"] == [0.5, 0.9] and space["kd"]["munge_passes"] == [0]  # alpha unset: candidates
     assert space["kd"]["epochs"] == [3, 6] and space["label_smoothing"]["epochs"] == [3, 6]  # same budget
-    assert space["label_smoothing"]["label_smoothing"] == [0.1] and set(space["scratch"]) == {"epochs", "lr"}
-    assert study.grid_size(space["kd"]) == 8
+    assert space["label_smoothing"]["label_smoothing"] == [0.05, 0.1, 0.2] and set(space["scratch"]) == {"epochs", "lr"}
+    assert study.grid_size(space["kd"]) == 16
+
+
+def test_settings_the_file_sets_stay_fixed_and_unset_ones_are_searched(write_pipeline):
+    fixed = TINY_PIPELINE.replace("  seeds: [0, 1]\n", "  seeds: [0, 1]\n  temperature: 3.0\n  alpha: 0.7\n"
+                                  "  control_label_smoothing: 0.15\n")
+    d = load_config(write_pipeline(fixed)).distill
+    assert d.search.enabled and d.search.sampler == "auto"  # on by default
+    space = study.default_space(d)
+    assert space["kd"]["temperature"] == [3.0] and space["kd"]["alpha"] == [0.7]
+    assert space["label_smoothing"]["label_smoothing"] == [0.15]
+    assert all(study.grid_size(f) == 1 for f in space.values())  # nothing to search: no trial runs
+    unset = study.default_space(load_config(write_pipeline(TINY_PIPELINE)).distill)
+    assert unset["kd"]["temperature"] == [1.0, 2.0, 4.0] and unset["kd"]["alpha"] == [0.5, 0.9]
+    assert study.resolve_sampler("auto", unset["kd"]) == "grid"  # 6 combinations: every one once
+    assert study.resolve_sampler("auto", {"a": list(range(13))}) == "tpe"
 
 
 def test_kd_options_keep_what_the_method_takes():

@@ -247,12 +247,17 @@ def train_students(task: TensorTask, state: RunState, progress) -> tuple[list[An
 
     extra = {}
     search = None
-    if (cfg.search.enabled or cfg.calibrate_teacher or cfg.munge.passes) and hasattr(logits, "dense"):
+    unsearched = why_not_searched(cfg, perturb) if cfg.search.enabled else None
+    searching = cfg.search.enabled and unsearched is None
+    if (searching or cfg.calibrate_teacher or cfg.munge.passes) and hasattr(logits, "dense"):
         logits = logits.dense()  # the teacher-output store's entry, as one tensor the plug-ins can transform
-    if cfg.search.enabled and not perturb.active and not cfg.terms:
+    if searching:
         search = search_settings(task, state, logits, labelled)
         cfg = apply_search(cfg, search)
         arms = arms_of(cfg)
+    elif unsearched:
+        search = {"skipped": unsearched}
+        log.info("distill.search not run: %s", unsearched)
     y_used, x_used = task.masked_labels(labelled), x_tr
     if cfg.calibrate_teacher and isinstance(logits, torch.Tensor):
         from kd2deploy.distill.synthetic import fit_temperature
@@ -312,6 +317,19 @@ def train_students(task: TensorTask, state: RunState, progress) -> tuple[list[An
     if search is not None:
         record["search"] = search
     return arms, trained, record
+
+
+def why_not_searched(cfg, perturb) -> str | None:
+    """Why ``distill.search`` (on) cannot run for this pipeline; None when it can."""
+    from kd2deploy.distill import dist
+
+    if dist.context().active:
+        return "not run under --nproc (every rank would run its own study); the settings as written were used"
+    if perturb.active:
+        return "per-step shifts / mixup (distill.transfer) are outside the search; the settings as written were used"
+    if cfg.terms:
+        return "hint terms (distill.terms) are outside the search; the settings as written were used"
+    return None
 
 
 def search_settings(task: TensorTask, state: RunState, logits, labelled) -> dict[str, Any]:

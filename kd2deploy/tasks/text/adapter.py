@@ -336,8 +336,15 @@ class TextTask:
         return {k: v for k, v in enc.items() if k in names}
 
     def facts(self, state: RunState, name: str, model: Any) -> dict[str, Any]:
+        import torch
+
+        from kd2deploy.bench.flops import count_flops
+
         emb = getattr(model.base_model, "embeddings", None)
-        return {"params": sum(p.numel() for p in model.parameters()), "flops_per_sample": None,
+        shape = self.bench_shapes()[0]  # FLOPs of one text at the primary sequence length
+        example = {k: torch.from_numpy(v) for k, v in self.bench_inputs(1, shape).items()}
+        return {"params": sum(p.numel() for p in model.parameters()), "flops_per_sample": count_flops(model, example),
+                "flops_at": shape,
                 "layers": model.config.num_hidden_layers,
                 "embedding_params": sum(p.numel() for p in emb.parameters()) if emb is not None else None}
 
