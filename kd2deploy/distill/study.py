@@ -219,7 +219,8 @@ def _spent_s(study) -> float:
 
 def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *, families=FAMILIES,
            budget_s: float | None = None, n_trials: int | None = None, sampler: str = "auto", seed: int = 0,
-           study_prefix: str = "kd2deploy", on_trial: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
+           study_prefix: str = "kd2deploy", on_trial: Callable[[str, dict], None] | None = None,
+           skip_fixed: bool = False) -> dict[str, Any]:
     """Runs (or continues) one study per family in the SQLite file ``storage``; returns :func:`summarise`.
 
     Args:
@@ -230,6 +231,10 @@ def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *
         sampler: "tpe" (Optuna's TPE, seeded), "grid" (every combination once, in a seeded order) or "auto" (grid
             for a small grid, else TPE: :func:`resolve_sampler`). A family with one combination is not searched.
         on_trial: called as ``on_trial(family, record)`` after each trial.
+        skip_fixed: leave out a family with one combination (the run trains it anyway); the sweep keeps it, as
+            the reference its table compares with.
+
+    A trial whose training fails (diverged loss) scores -inf with its error kept; it is never the best.
 
     Raises:
         KeyboardInterrupt: passes through; the trial that was running is marked failed, the finished ones stay.
@@ -243,7 +248,7 @@ def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *
     url = f"sqlite:///{storage.resolve()}"
     for family in families:
         fam_space = space[family]
-        if grid_size(fam_space) == 1:  # nothing to choose: the family trains with its own settings
+        if skip_fixed and grid_size(fam_space) == 1:  # nothing to choose: the run trains it as written
             continue
         fam_sampler = resolve_sampler(sampler, fam_space)
         name = f"{study_prefix}-{family}"
@@ -274,6 +279,10 @@ def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *
                 got = run_trial(problem, family, params, report)
             except Pruned:
                 raise optuna.TrialPruned() from None
+            except Kd2DeployError as e:  # e.g. the loss diverged: these settings failed, the others may not
+                trial.set_user_attr("error", str(e))
+                log.info("search: %s trial %d failed: %s", family, trial.number, e)
+                return float("-inf")
             for k in ("val_acc", "val_loss", "per_seed", "wall_s"):
                 trial.set_user_attr(k, got[k])
             if on_trial is not None:
@@ -308,8 +317,9 @@ def summarise(storage: Path, study_prefix: str, families=FAMILIES) -> dict[str, 
                 "val_accuracy_per_seed": t.user_attrs.get("per_seed"),
                 "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
                 "duration_s": None if t.duration is None else t.duration.total_seconds(),
+                **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {}),
             })
-        complete = [t for t in trials if t["state"] == "COMPLETE"]
+        complete = [t for t in trials if t["state"] == "COMPLETE" and "error" not in t]
         best = max(complete, key=lambda t: (t["value"], -t["number"])) if complete else None
         out["families"][family] = {
             "study": study.study_name, "space": study.user_attrs.get("space"), "trials": trials,

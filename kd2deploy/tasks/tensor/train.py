@@ -348,7 +348,7 @@ def search_settings(task: TensorTask, state: RunState, logits, labelled) -> dict
     families = ["kd", *cfg.controls]
     summary = study.search(problem, study.default_space(cfg), state.path("search", "study.db"), families=families,
                            budget_s=cfg.search.budget_s, n_trials=cfg.search.trials, sampler=cfg.search.sampler,
-                           seed=task.cfg.seed, study_prefix=task.cfg.name)
+                           seed=task.cfg.seed, study_prefix=task.cfg.name, skip_fixed=True)
     summary["chosen"] = study.best_overrides(summary)
     summary["plots"] = study.plot_study(state.path("search", "study.db"), task.cfg.name, state.dir / "search")
     return summary
