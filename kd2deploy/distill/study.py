@@ -171,12 +171,15 @@ def run_trial(problem: Problem, family: str, params: dict[str, Any],
     else:
         raise ConfigError(f"unknown arm family {family!r}; allowed: {', '.join(FAMILIES)}")
     curve: dict[int, list[float]] = {}
+    reported: set[int] = set()
 
     def on_epoch(_arm, epoch, metrics):
         got = curve.setdefault(epoch, [])
         got.append(metrics["val_acc"])
-        if len(got) == len(arms) and report is not None:
-            report(round(100 * epoch / cfg.epochs), sum(got) / len(got))
+        step = round(100 * epoch / cfg.epochs)
+        if len(got) == len(arms) and report is not None and step not in reported:  # > 100 epochs share a step
+            reported.add(step)
+            report(step, sum(got) / len(got))
 
     t0 = time.perf_counter()
     trained = train_arms_batched(problem.build, arms, (x, y, problem.x_val, problem.y_val), tl, cfg,

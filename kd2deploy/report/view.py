@@ -320,9 +320,14 @@ def _distill_setup(results: dict[str, Any]) -> list[str]:
                                                                      if len(space[k]) > 1 and k in best["params"]))
             parts.append(f"{fam} ({tried}): {len(f['trials'])} trials ({f['n_pruned']} pruned) in "
                          f"{f['spent_s']:.0f} s, chose {chosen}")
-        out.append("Settings searched on the validation split (Optuna, same budget per arm family; a family with "
-                   "nothing to choose trains as written): " + ("; ".join(parts) or "nothing to search")
-                   + f". Selection: {search.get('selection')}.")
+        if parts:
+            out.append("Settings searched on the validation split (Optuna, same budget per arm family; a family "
+                       "with nothing to choose trains as written): " + "; ".join(parts)
+                       + f". Selection: {search.get('selection')}.")
+        else:
+            out.append("Settings search (distill.search, on): nothing to choose: the pipeline file sets the "
+                       "temperature, alpha and label-smoothing strength, and lists no candidates under "
+                       "distill.search, so they train as written.")
     conv = d.get("convergence")
     if conv:
         out.append("Convergence and smoothness (validation curves, mean over seeds): " + "; ".join(conv["sentences"])
