@@ -278,6 +278,15 @@ def _preprocess(src: Path, work: Path) -> Path:
     return out
 
 
+def _preprocess_or_skip(src: Path, work: Path) -> tuple[Path, dict[str, Any]]:
+    """The preprocessed model and ``{}``; ``src`` itself and why when preprocessing fails (e.g. symbolic shape
+    inference on a transformer graph: it is then quantised as is)."""
+    try:
+        return _preprocess(src, work), {}
+    except Exception as e:  # noqa: BLE001 - any failure of onnxruntime's preprocessing: quantise as is
+        return src, {"preprocessing": f"skipped ({type(e).__name__}: {str(e).strip()[:120]})"}
+
+
 def calibration_subset(calib_x: np.ndarray | dict[str, np.ndarray], n: int, seed: int = CALIBRATION_SEED):
     """A seeded random subset of ``n`` rows (all rows, in order, when there are no more than ``n``); for a dict of
     inputs (a text model's token ids, mask, ...) the same rows of every input."""
@@ -336,12 +345,7 @@ def _int8_static(
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    info: dict[str, Any] = {}
-    try:
-        pre = _preprocess(src, work)
-    except Exception as e:  # noqa: BLE001 - e.g. symbolic shape inference on a transformer graph: quantise as is
-        pre = src
-        info["preprocessing"] = f"skipped ({type(e).__name__}: {str(e).strip()[:120]})"
+    pre, info = _preprocess_or_skip(src, work)
     x = calibration_subset(calib_x, spec.calibration_samples)
     reader = _reader_class()(x if isinstance(x, dict) else {_only_input(pre): x})
     method = {
@@ -406,12 +410,7 @@ def _int8_dynamic(
 ) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    info: dict[str, Any] = {}
-    try:
-        pre = _preprocess(src, work)
-    except Exception as e:  # noqa: BLE001 - e.g. symbolic shape inference on a transformer graph: quantise as is
-        pre = src
-        info["preprocessing"] = f"skipped ({type(e).__name__}: {str(e).strip()[:120]})"
+    pre, info = _preprocess_or_skip(src, work)
     weight_type = QuantType.QInt8 if spec.weight_type == "qint8" else QuantType.QUInt8
     # Written inside the temporary work folder (the quantiser leaves helper files beside its output), then
     # moved to ``tmp``: a transformer graph's helper files never land in the run folder.

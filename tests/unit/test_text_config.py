@@ -6,7 +6,8 @@ import pytest
 
 from kd2deploy.config import load_config
 from kd2deploy.errors import ConfigError
-from kd2deploy.tasks.text.config import TextConfig, resolve_location
+from kd2deploy.tasks.hf_common import resolve_location
+from kd2deploy.tasks.text.config import TextConfig
 
 
 @pytest.fixture

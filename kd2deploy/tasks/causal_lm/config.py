@@ -2,7 +2,7 @@
 
 Every default of the task lives here (unknown keys are errors). Paths are a normal path (relative to the
 pipeline file) or ``package:NAME/relative/path`` inside an installed package (see
-:func:`kd2deploy.tasks.text.config.resolve_location`).
+:func:`kd2deploy.tasks.hf_common.resolve_location`).
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
-from kd2deploy.tasks.text.config import _location
+from kd2deploy.tasks.hf_common import Schedule, StudentShape, check_location
 
 
-class LMTrainConfig(Strict):
+class LMTrainConfig(Schedule):
     """A training schedule (AdamW, linear warm-up then linear decay) over packed sequences."""
 
     epochs: PositiveInt = 2
     batch_size: PositiveInt = 8
     lr: PositiveFloat = 3e-4
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    max_grad_norm: PositiveFloat = 1.0
     threads: PositiveInt = Field(1, description="torch threads while training (1: fastest under CPU contention)")
 
 
@@ -51,7 +48,7 @@ class LMDataConfig(Strict):
     transfer_prompt_tokens: PositiveInt = Field(32, description="teacher-generated on plain text: opening length")
     transfer_new_tokens: PositiveInt = Field(64, description="teacher-generated: new tokens per response")
 
-    _check_path = field_validator("path")(_location)
+    _check_path = field_validator("path")(check_location)
 
 
 class LMTeacherConfig(Strict):
@@ -59,16 +56,14 @@ class LMTeacherConfig(Strict):
 
     model: str = Field(..., description="HF folder or .gguf file; a path or package:NAME/relative/path")
 
-    _check_model = field_validator("model")(_location)
+    _check_model = field_validator("model")(check_location)
 
 
-class LMStudentConfig(Strict):
+class LMStudentConfig(StudentShape):
     """The teacher's family with fewer (optionally narrower) layers."""
 
     num_layers: PositiveInt = 4
-    hidden_size: PositiveInt | None = Field(None, description="default: the teacher's width")
     intermediate_size: PositiveInt | None = Field(None, description="default: the teacher's (or 4 x hidden)")
-    num_attention_heads: PositiveInt | None = Field(None, description="default: the teacher's")
     num_key_value_heads: PositiveInt | None = Field(None, description="default: the teacher's (Llama family)")
     init: Literal["teacher-layers", "random"] = Field(
         "teacher-layers", description="teacher-layers: embeddings, final norm and a uniform subset of the "

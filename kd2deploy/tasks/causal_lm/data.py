@@ -117,7 +117,7 @@ def split_documents(docs: list[Document], val_fraction: float, test_fraction: fl
 
 def load_splits(cfg, base_dir: str | Path = ".") -> LMSplits:
     """Reads and splits the data of ``cfg`` (an :class:`~kd2deploy.tasks.causal_lm.config.LMDataConfig`)."""
-    from kd2deploy.tasks.text.config import resolve_location
+    from kd2deploy.tasks.hf_common import resolve_location
 
     path = resolve_location(cfg.path, base_dir)
     docs, fmt = read_documents(path, cfg.format, cfg.text_field, cfg.prompt_field, cfg.response_field)

@@ -3,7 +3,6 @@ model of the teacher's family, initialised from a uniform subset of the teacher'
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -147,14 +146,11 @@ def _fields(config) -> tuple[str, ...]:
 
 def decoder_layers(model) -> tuple[str, Any]:
     """The dotted name and ModuleList of a causal LM's transformer blocks."""
-    for path in _LAYER_PATHS:
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return path, obj
+    from kd2deploy.tasks.hf_common import find_layers
+
+    found = find_layers(model, _LAYER_PATHS)
+    if found is not None:
+        return found
     raise StageError(f"{type(model).__name__}: cannot find its transformer blocks; supported: "
                      + ", ".join(_LAYER_PATHS))
 
@@ -176,14 +172,12 @@ def build_student(teacher, cfg, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from kd2deploy.tasks.hf_common import fewer_layers
+
     tc = teacher.config
     n_key, w_key, ffn_key, h_key, kv_key = _fields(tc)
     t_layers = getattr(tc, n_key)
-    if cfg.num_layers > t_layers:
-        raise ConfigError(f"causal_lm.student.num_layers {cfg.num_layers} exceeds the teacher's {t_layers} "
-                          f"layers; allowed: 1..{t_layers}")
-    sc = copy.deepcopy(tc)
-    setattr(sc, n_key, cfg.num_layers)
+    sc = fewer_layers(tc, n_key, cfg.num_layers, "causal_lm.student")
     changed = []
     for want, key in ((cfg.hidden_size, w_key), (cfg.intermediate_size, ffn_key), (cfg.num_attention_heads, h_key),
                       (cfg.num_key_value_heads, kv_key)):
@@ -212,14 +206,10 @@ def build_student(teacher, cfg, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     info: dict[str, Any] = {"num_layers": cfg.num_layers, "hidden_size": width, "init": cfg.init,
                             "teacher_layers": t_layers, "changed": changed}
     if cfg.init == "teacher-layers":
-        prefix, _ = decoder_layers(teacher)
-        from kd2deploy.tasks.hf_common import layer_subset_state
+        from kd2deploy.tasks.hf_common import init_from_teacher_layers
 
-        missing, unexpected = student.load_state_dict(layer_subset_state(teacher.state_dict(), prefix, mapping),
-                                                      strict=False)
-        missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
-        if missing or unexpected:
-            raise StageError(f"student init from teacher layers: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        init_from_teacher_layers(student, teacher.state_dict(), decoder_layers(teacher)[0], mapping,
+                                 ignore_missing=("rotary_emb.inv_freq",))
         student.tie_weights()
         info["init_from_teacher_layers"] = mapping
     info.update(facts(student))

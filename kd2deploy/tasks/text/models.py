@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -83,16 +82,11 @@ def load_teacher(folder: Path, labels: list[str], fine_tune: str) -> tuple[Any, 
 
 def encoder_layers(model) -> tuple[str, Any]:
     """The dotted name and ModuleList of a model's transformer layers (BERT-like or DistilBERT-like)."""
-    base = model.base_model
-    prefix = model.base_model_prefix
-    for attr in ("encoder.layer", "transformer.layer", "encoder.layers"):
-        obj = base
-        try:
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return f"{prefix}.{attr}", obj
+    from kd2deploy.tasks.hf_common import find_layers
+
+    found = find_layers(model.base_model, ("encoder.layer", "transformer.layer", "encoder.layers"))
+    if found is not None:
+        return f"{model.base_model_prefix}.{found[0]}", found[1]
     raise StageError(f"{type(model).__name__}: cannot find its transformer layers; supported: BERT-like "
                      "(encoder.layer) and DistilBERT-like (transformer.layer) models")
 
@@ -109,14 +103,12 @@ def build_student(teacher, cfg) -> tuple[Any, dict[str, Any]]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from kd2deploy.tasks.hf_common import fewer_layers
+
     tc = teacher.config
     key = _layers_key(tc)
     t_layers = getattr(tc, key)
-    if cfg.num_layers > t_layers:
-        raise ConfigError(f"text.student.num_layers {cfg.num_layers} exceeds the teacher's {t_layers} layers; "
-                          f"allowed: 1..{t_layers}")
-    sc = copy.deepcopy(tc)
-    setattr(sc, key, cfg.num_layers)
+    sc = fewer_layers(tc, key, cfg.num_layers, "text.student")
     t_width = getattr(tc, "hidden_size", None)
     width = cfg.hidden_size or t_width
     heads = cfg.num_attention_heads or getattr(tc, "num_attention_heads", None)
@@ -140,13 +132,9 @@ def build_student(teacher, cfg) -> tuple[Any, dict[str, Any]]:
     info: dict[str, Any] = {"num_layers": cfg.num_layers, "hidden_size": width, "init": cfg.init,
                             "layer_map": mapping, "teacher_layers": t_layers}
     if cfg.init == "teacher-layers":
-        t_prefix, _ = encoder_layers(teacher)
-        from kd2deploy.tasks.hf_common import layer_subset_state
+        from kd2deploy.tasks.hf_common import init_from_teacher_layers
 
-        missing, unexpected = student.load_state_dict(layer_subset_state(teacher.state_dict(), t_prefix, mapping),
-                                                      strict=False)
-        if missing or unexpected:
-            raise StageError(f"student init from teacher layers: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        init_from_teacher_layers(student, teacher.state_dict(), encoder_layers(teacher)[0], mapping)
         info["init_from_teacher_layers"] = mapping
     with torch.no_grad():
         info["params"] = sum(p.numel() for p in student.parameters())
