@@ -232,7 +232,7 @@ def search(problem: Problem, space: dict[str, dict[str, list]], storage: Path, *
             a trial that has started finishes.
         n_trials: total finished (complete or pruned) trials per family, over every run of the study.
         sampler: "tpe" (Optuna's TPE, seeded), "grid" (every combination once, in a seeded order) or "auto" (grid
-            for a small grid, else TPE: :func:`resolve_sampler`). A family with one combination is not searched.
+            for a small grid, else TPE: :func:`resolve_sampler`).
         on_trial: called as ``on_trial(family, record)`` after each trial.
         skip_fixed: leave out a family with one combination (the run trains it anyway); the sweep keeps it, as
             the reference its table compares with.

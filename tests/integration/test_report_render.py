@@ -125,6 +125,26 @@ def test_reports_render_with_sections_missing(results, monkeypatch):
     assert "shipping guard" not in render_markdown(_variants(results)["no variants"])
 
 
+def test_report_says_what_the_search_did(results, monkeypatch):
+    """distill.search is on by default: the tiny pipeline leaves T and alpha unset, so its report names the
+    candidates and the choice; a search with nothing to choose, and one that could not run, say so."""
+    from kd2deploy.report import plots, render_markdown
+
+    search = results["distill"]["search"]
+    assert set(search["families"]) == {"kd"}  # scratch has nothing to choose
+    assert search["families"]["kd"]["space"]["temperature"] == [1.0, 2.0, 4.0]
+    md = render_markdown(results)
+    assert "Settings searched on the validation split" in md and "kd (temperature in [1.0, 2.0, 4.0], alpha in" in md
+    assert f"temperature = {search['chosen']['temperature']}" in md
+    for name in ("tradeoff_plot", "latency_plot", "throughput_plot", "curves_plot", "energy_plot"):
+        monkeypatch.setattr(plots, name, lambda *a, **k: None)
+    fixed, skipped = copy.deepcopy(results), copy.deepcopy(results)
+    fixed["distill"]["search"] = {"families": {}, "selection": search["selection"], "chosen": {}}
+    assert "Settings search (distill.search, on): nothing to choose" in render_markdown(fixed)
+    skipped["distill"]["search"] = {"skipped": "not run under --nproc (every rank would run its own study)"}
+    assert "Settings search (distill.search) not run: not run under --nproc" in render_markdown(skipped)
+
+
 # ------------------------------------------------------------------------------------------------ HTML
 def test_html_is_self_contained_and_printable(run_dir):
     html = (run_dir / "report.html").read_text()
