@@ -446,8 +446,10 @@ def sweep(
     if method:
         from kd2deploy.distill.losses import LOSSES
 
-        overrides["methods"] = [LOSSES.check(m.strip()) if m.strip() in LOSSES else _bad_method(m.strip(), LOSSES)
-                                for m in method.split(",") if m.strip()]
+        try:
+            overrides["methods"] = [LOSSES.check(m.strip()) for m in method.split(",") if m.strip()]
+        except ValueError as e:
+            raise ConfigError(f"--method {method!r}: {e}") from None
     try:
         result = sweep_pipeline(cfg, pipeline, out, budget_s=parse_budget(budget) if budget else None,
                                 n_trials=trials, sampler=sampler, overrides=overrides)
@@ -456,12 +458,6 @@ def sweep(
                    "command again to continue the study", err=True)
         raise typer.Exit(130) from None
     typer.echo(format_sweep(result))
-
-
-def _bad_method(name: str, registry) -> str:
-    from kd2deploy.errors import ConfigError
-
-    raise ConfigError(f"--method {name!r}: {registry.unknown(name)}")
 
 
 def entry() -> None:  # pragma: no cover - console script shim

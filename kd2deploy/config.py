@@ -296,9 +296,7 @@ class SearchConfig(Strict):
     def _known_methods(cls, v: list[str]) -> list[str]:
         from kd2deploy.distill.losses import LOSSES
 
-        for name in v:
-            LOSSES.check(name)
-        return v
+        return [LOSSES.check(name) for name in v]
 
     @model_validator(mode="after")
     def _some_budget(self) -> SearchConfig:
@@ -417,9 +415,7 @@ class BenchmarkConfig(Strict):
     def _known_backends(cls, v: list[str]) -> list[str]:
         from kd2deploy.bench.backends import BACKENDS
 
-        for name in v:
-            BACKENDS.check(name)
-        return v
+        return [BACKENDS.check(name) for name in v]
 
 
 class TargetProfile(Strict):

@@ -60,7 +60,7 @@ def sweep_pipeline(cfg, source: Path, out: Path = Path("runs"), *, budget_s: flo
     Args:
         source: the pipeline file (``best.yaml`` is it with the chosen settings).
         budget_s, n_trials: per arm family; default: ``distill.search``'s.
-        sampler: "tpe" or "grid"; default ``distill.search.sampler``.
+        sampler: "auto", "tpe" or "grid"; default ``distill.search.sampler``.
         overrides: candidate lists that replace the pipeline's search lists (e.g. ``{"temperatures": [2, 4]}``).
     """
     import torch
