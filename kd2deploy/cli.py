@@ -183,7 +183,7 @@ def run(
     from kd2deploy.cache import resolve_force
     from kd2deploy.config import load_config
     from kd2deploy.errors import ConfigError
-    from kd2deploy.pipeline import run_pipeline, summary_rows
+    from kd2deploy.pipeline import run_pipeline, summary_table
     from kd2deploy.ui import console
 
     if stages and not force:
@@ -197,11 +197,11 @@ def run(
 
         exit_training_rank()
     res = result.results
-    batches = sorted({r["batch_size"] for r in res.get("benchmark", {}).get("results", [])})
-    table = Table(title="kd2deploy summary (onnxruntime CPU)")
-    for col in ["model", "params", "test acc (ONNX)", *[f"p50 µs b{b}" for b in batches], "mJ/inf (active)"]:
+    title, columns, rows = summary_table(res)
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col, justify="right" if col != "model" else "left", no_wrap=col == "model")
-    for row in summary_rows(res):
+    for row in rows:
         table.add_row(*row)
     console.print(table)
     console.print(f"[bold]{res['headline']['text']}[/bold]")

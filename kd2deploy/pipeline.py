@@ -13,7 +13,7 @@ from typing import Any
 from kd2deploy.engine import plan_pipeline, run_pipeline
 from kd2deploy.report.headline import headline
 
-__all__ = ["headline", "plan_pipeline", "run_pipeline", "summary_rows"]
+__all__ = ["headline", "plan_pipeline", "run_pipeline", "summary_rows", "summary_table"]
 
 
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -34,3 +34,17 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         cells.append(f"{ej * 1e3:.3f}" if ej is not None else "–")
         rows.append(tuple(cells))
     return rows
+
+
+def summary_table(results: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...]]]:
+    """``kd2deploy run``'s closing table: (title, columns, rows); the task's own ``summary_table`` when its adapter
+    has one (a causal LM is summarised by perplexity and per-token latency)."""
+    from kd2deploy.tasks.base import task_named
+
+    own = getattr(task_named(results.get("task", "tensor")), "summary_table", None)
+    if own is not None:
+        return own(results)
+    batches = sorted({r["batch_size"] for r in results.get("benchmark", {}).get("results", [])})
+    return ("kd2deploy summary (onnxruntime CPU)",
+            ["model", "params", "test acc (ONNX)", *[f"p50 µs b{b}" for b in batches], "mJ/inf (active)"],
+            summary_rows(results))

@@ -112,3 +112,27 @@ def teach(folder: Path, docs: list[str], steps: int = 60) -> Path:
         opt.step()
     model.eval().save_pretrained(str(folder))
     return folder
+
+
+def lm_pipeline(root: Path, section: dict | None = None, **top) -> Path:
+    """A causal-lm pipeline file over a tiny taught Llama teacher and a 60-document corpus under ``root``;
+    ``section`` entries replace the ``causal_lm`` defaults below by key, ``top`` the top-level sections."""
+    import yaml
+
+    docs = tiny_docs(60)
+    write_text_folder(root / "corpus", docs)
+    teach(tiny_llama_folder(root / "teacher"), docs, steps=40)
+    base = {
+        "data": {"path": "corpus", "max_seq_len": 32, "max_eval_sequences": 8},
+        "teacher": {"model": "teacher"},
+        "student": {"num_layers": 2},
+        "distill": {"seeds": [0, 1], "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3}},
+        "eval": {"prompts": 3, "prompt_tokens": 8, "new_tokens": 8},
+        "export": {"parity_sequences": 2, "parity_new_tokens": 6},
+        "bench": {"prompt_tokens": 8, "decode_tokens": 4, "rounds": 3, "batch_sizes": [1], "bootstrap": 200},
+    }
+    base.update(section or {})
+    pipeline = root / "lm.yaml"
+    pipeline.write_text(yaml.safe_dump({"version": 1, "name": "lm-tiny", "task": "causal-lm", "causal_lm": base,
+                                        **top}))
+    return pipeline

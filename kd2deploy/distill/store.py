@@ -9,7 +9,7 @@ them back memory-mapped (``np.load(mmap_mode="r")``), a batch at a time.
 An entry is ``<out>/.cache/teacher_outputs/<key>/`` holding ``logits.npy`` (full logits, ``(n, classes)`` or
 ``(n, members, classes)`` for an ensemble) or, with ``top_k``, ``topk_values.npy`` + ``topk_indices.npy`` +
 ``rest_logsumexp.npy``, and ``meta.json``. It is written into a temporary folder and renamed into place, so a
-reader never sees half an entry. The key is a sha256 (``cache._key_of``) of the teacher's weights and buffers
+reader never sees half an entry. The key is a sha256 (``cache.stage_key``) of the teacher's weights and buffers
 (which include the input standardisation), the transfer-set inputs' bytes, the data section of the config and
 ``top_k``: a retrained teacher, other data or other preprocessing give another key.
 
@@ -57,9 +57,9 @@ def tensor_digest(tensors: dict[str, torch.Tensor] | torch.Tensor) -> str:
 
 def store_key(teacher: torch.nn.Module, x: torch.Tensor, data_cfg: dict[str, Any], top_k: int | None) -> str:
     """The entry's key: teacher weights (+ standardisation buffers), transfer-set inputs, data config, top_k."""
-    from kd2deploy.cache import _key_of
+    from kd2deploy.cache import stage_key
 
-    return _key_of({"format": FORMAT, "teacher": tensor_digest(teacher.state_dict()), "inputs": tensor_digest(x),
+    return stage_key({"format": FORMAT, "teacher": tensor_digest(teacher.state_dict()), "inputs": tensor_digest(x),
                     "data": data_cfg, "top_k": top_k})
 
 

@@ -38,12 +38,12 @@ def render_html(results: dict[str, Any]) -> str:
 
 
 def write_reports(results: dict[str, Any], run_dir: Path, formats: list[str]) -> list[Path]:
-    """Writes report.md / report.html atomically into ``run_dir`` (the pipeline writes results.json)."""
+    """Writes report.md / report.html atomically into ``run_dir`` (the pipeline writes results.json), through the
+    task's own ``render_report`` where its adapter has one."""
     from kd2deploy.rundir import write_atomic
+    from kd2deploy.tasks.base import task_named
 
-    out = []
-    if "md" in formats:
-        out.append(write_atomic(Path(run_dir) / "report.md", render_markdown(results)))
-    if "html" in formats:
-        out.append(write_atomic(Path(run_dir) / "report.html", render_html(results)))
-    return out
+    own = getattr(task_named(results.get("task", "tensor")), "render_report", None)
+    render = own or (lambda r, fmt: render_markdown(r) if fmt == "md" else render_html(r))
+    return [write_atomic(Path(run_dir) / f"report.{fmt}", render(results, fmt)) for fmt in ("md", "html")
+            if fmt in formats]

@@ -16,7 +16,7 @@ COLORS = {
 }
 
 
-def _fig(w: float = 6.4, h: float = 3.6):
+def figure(w: float = 6.4, h: float = 3.6):
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -26,7 +26,7 @@ def _fig(w: float = 6.4, h: float = 3.6):
     return fig, ax
 
 
-def _png(fig) -> str:
+def png_uri(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -45,7 +45,7 @@ def latency_plot(bench: dict[str, Any]) -> str | None:
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     batches = sorted({r["batch_size"] for r in rows})
-    fig, ax = _fig()
+    fig, ax = figure()
     width = 0.8 / len(models)
     for i, m in enumerate(models):
         xs, p50, p90, p99 = [], [], [], []
@@ -72,7 +72,7 @@ def latency_plot(bench: dict[str, Any]) -> str | None:
     ax.set_ylabel("latency per call (µs, log)")
     ax.set_title("Latency: bar p50, tick p90, whisker p99")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_uri(fig)
 
 
 def throughput_plot(bench: dict[str, Any]) -> str | None:
@@ -80,7 +80,7 @@ def throughput_plot(bench: dict[str, Any]) -> str | None:
     batches = sorted({r["batch_size"] for r in rows})
     if len(batches) < 2:
         return None
-    fig, ax = _fig()
+    fig, ax = figure()
     for m in dict.fromkeys(r["model"] for r in rows):
         pts = sorted((r["batch_size"], r["throughput_sps"]) for r in rows if r["model"] == m)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m, color=COLORS.get(m))
@@ -90,7 +90,7 @@ def throughput_plot(bench: dict[str, Any]) -> str | None:
     ax.set_ylabel("samples / s (from mean latency)")
     ax.set_title("Throughput vs batch size")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_uri(fig)
 
 
 def curve_errors(results: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def curves_plot(results: dict[str, Any]) -> str | None:
     data = curve_errors(results)
     if len(data) < 2:
         return None
-    fig, ax = _fig()
+    fig, ax = figure()
     for arm, (epochs, stack) in ((a, v) for a, v in data.items() if a != "teacher"):
         for c in stack:
             ax.plot(epochs, c, color=COLORS.get(arm), alpha=0.2, lw=0.7)
@@ -134,7 +134,7 @@ def curves_plot(results: dict[str, Any]) -> str | None:
     ax.set_ylabel("validation error rate (log scale)")
     ax.set_title("Training curves: KD vs controls (lower is better)")
     ax.legend(fontsize=8, loc="upper right")
-    return _png(fig)
+    return png_uri(fig)
 
 
 def label_efficiency_plot(results: dict[str, Any]) -> str | None:
@@ -142,7 +142,7 @@ def label_efficiency_plot(results: dict[str, Any]) -> str | None:
     rec = (results.get("distill") or {}).get("label_efficiency")
     if not rec or not rec.get("rows"):
         return None
-    fig, ax = _fig()
+    fig, ax = figure()
     xs = [100 * r["fraction"] for r in rec["rows"]]
     ax.plot(xs, [r["teacher_test_accuracy"] for r in rec["rows"]], "--", color=COLORS.get("teacher"), marker="s",
             label="teacher")
@@ -155,7 +155,7 @@ def label_efficiency_plot(results: dict[str, Any]) -> str | None:
     ax.set_ylabel("test accuracy")
     ax.set_title("Label efficiency: KD vs controls")
     ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    return png_uri(fig)
 
 
 def _percent_formatter():
@@ -169,7 +169,7 @@ def tradeoff_plot(points: list[dict[str, Any]], x_key: str, x_label: str, title:
     pts = [p for p in points if p.get(x_key) and p.get("accuracy") is not None]
     if len(pts) < 2:
         return None
-    fig, ax = _fig()
+    fig, ax = figure()
     for p in pts:
         ax.scatter(
             p[x_key], 100 * p["accuracy"], s=50, color=COLORS.get(p["name"].split("@")[0], "#333"), zorder=3
@@ -200,14 +200,14 @@ def tradeoff_plot(points: list[dict[str, Any]], x_key: str, x_label: str, title:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_uri(fig)
 
 
 def energy_plot(energy: dict[str, Any]) -> str | None:
     models = energy.get("models") or {}
     if not models:
         return None
-    fig, ax = _fig()
+    fig, ax = figure()
     names = list(models)
     gross = [1e3 * models[n]["j_per_inference_gross"]["mean"] for n in names]
     active = [1e3 * ((models[n].get("j_per_inference_active") or {}).get("mean") or 0.0) for n in names]
@@ -227,4 +227,4 @@ def energy_plot(energy: dict[str, Any]) -> str | None:
         f"Energy per inference — {energy.get('label', '?')} (batch {models[names[0]]['batch_size']})"
     )
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_uri(fig)

@@ -119,7 +119,11 @@ class TaskAdapter(Protocol):
         under ``ship/``; returns its path."""
 
     def report_sections(self, results: dict[str, Any]) -> list[dict[str, str]]:
-        """Extra report sections of the task: ``[{"title": ..., "markdown": ...}]``."""
+        """Extra report sections of the task: ``[{"title": ..., "markdown": ...}]``.
+
+        A task whose results do not fit the classifier report instead has the static methods
+        ``render_report(results, fmt) -> str`` (``md`` / ``html``) and ``summary_table(results) -> (title, columns,
+        rows)``; :func:`kd2deploy.report.write_reports` and ``kd2deploy run``'s summary use them when present."""
 
 
 TASKS: Registry[type[TaskAdapter]] = Registry("task")
@@ -127,9 +131,14 @@ TASKS: Registry[type[TaskAdapter]] = Registry("task")
 
 def task_of(cfg: Any) -> type[TaskAdapter]:
     """The adapter class of ``cfg.task`` (the registry fails loudly, listing the tasks)."""
+    return task_named(cfg.task)
+
+
+def task_named(name: str) -> type[TaskAdapter]:
+    """The adapter class registered as ``name`` (a run's ``results["task"]``)."""
     import kd2deploy.tasks  # noqa: F401 - registers the built-in tasks
 
-    return TASKS.get(cfg.task)
+    return TASKS.get(name)
 
 
 def check_capabilities(cfg: Any, caps: Capabilities, task: str) -> list[str]:

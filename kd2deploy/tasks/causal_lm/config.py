@@ -98,6 +98,9 @@ class LMEvalConfig(Strict):
     prompts: PositiveInt = Field(16, description="held test prompts (document openings) continued greedily")
     prompt_tokens: PositiveInt = 32
     new_tokens: PositiveInt = 32
+    max_perplexity_ratio: Annotated[float, Field(ge=1)] = Field(
+        1.1, description="verdict: the shipped student replaces the teacher when the upper end of the 95 % interval "
+        "of its test perplexity over the teacher's is at most this ratio")
 
 
 class LMExportConfig(Strict):
@@ -108,10 +111,21 @@ class LMExportConfig(Strict):
     atol: PositiveFloat = Field(1e-3, description="max |delta logit| allowed, PyTorch vs onnxruntime")
     teacher: bool = Field(True, description="export the teacher too (the ONNX teacher is the benchmark baseline)")
     int8_dynamic: bool = Field(True, description="make an int8-dynamic student (onnxruntime.quantization)")
+    int4_weight_only: bool = Field(True, description="make a weight-only int4 student (onnxruntime MatMulNBits, "
+                                   "4-bit weight blocks, float activations; runs on the CPU provider)")
+    int4_block_size: Annotated[int, Field(ge=16)] = Field(32, description="int4: weights per quantisation block "
+                                                          "(a power of two)")
     max_perplexity_increase: Annotated[float, Field(ge=0)] = Field(
-        0.02, description="guard: a variant ships if its test perplexity is within this fraction of FP32's "
-        "and it is faster beyond noise")
+        0.02, description="guard: a variant ships if its validation perplexity is within this fraction of "
+        "FP32's and it is faster beyond noise")
     min_speedup: Annotated[float, Field(ge=1)] = Field(1.05, description="guard: lower CI end of the speed-up")
+
+    @field_validator("int4_block_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"{v} is not a power of two; allowed: 16, 32, 64, 128, 256")
+        return v
 
 
 class LMBenchConfig(Strict):
@@ -146,6 +160,3 @@ class CausalLMConfig(Strict):
                              f"{self.eval.new_tokens}) exceed data.max_seq_len {self.data.max_seq_len}; "
                              "allowed: a sum up to max_seq_len")
         return self
-
-
-LM_VARIANT_KINDS = ("int8-dynamic",)

@@ -12,16 +12,17 @@ import torch.nn.functional as F
 
 @torch.inference_mode()
 def perplexity(model, ids: torch.Tensor, batch_size: int = 8) -> dict[str, Any]:
-    """exp(mean next-token cross-entropy) over every predicted token of the packed sequences ``ids``."""
+    """exp(mean next-token cross-entropy) over every predicted token of the packed sequences ``ids`` (all of one
+    length), and each sequence's mean NLL (for paired intervals)."""
     model.eval()
-    total, count = 0.0, 0
+    per_seq: list[float] = []
     for i in range(0, len(ids), batch_size):
         b = ids[i: i + batch_size]
         lg = model(input_ids=b).logits[:, :-1].float()
-        total += float(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), b[:, 1:].reshape(-1), reduction="sum"))
-        count += b[:, 1:].numel()
-    nll = total / count
-    return {"perplexity": math.exp(nll), "nll": nll, "tokens": count}
+        ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), b[:, 1:].reshape(-1), reduction="none")
+        per_seq += ce.reshape(b.shape[0], -1).mean(1).tolist()
+    nll = float(np.mean(per_seq))
+    return {"perplexity": math.exp(nll), "nll": nll, "tokens": int(ids[:, 1:].numel()), "per_sequence_nll": per_seq}
 
 
 @torch.inference_mode()

@@ -107,18 +107,24 @@ def parity(torch_model, onnx_folder: Path, ids: torch.Tensor, new_tokens: int, a
                       "each sequence's first half; agreement = tokens equal before the first divergence / all"}
 
 
-def int8_dynamic(src_folder: Path, out_folder: Path) -> dict[str, Any]:
-    """An int8-dynamic copy of an exported folder (``onnxruntime.quantization.quantize_dynamic``, QInt8 weights,
-    per-tensor), written as another loadable folder."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    t0 = time.perf_counter()
+def _copy_beside(src_folder: Path, out_folder: Path) -> Path:
+    """``out_folder`` with every file of ``src_folder`` but the model (config, tokenizer), and a work folder."""
     out_folder.mkdir(parents=True, exist_ok=True)
     for f in src_folder.iterdir():
         if f.is_file() and not f.name.startswith("model.onnx"):
             shutil.copyfile(f, out_folder / f.name)
     work = out_folder / ".work"
     work.mkdir(exist_ok=True)
+    return work
+
+
+def int8_dynamic(src_folder: Path, out_folder: Path, cfg: Any = None) -> dict[str, Any]:
+    """An int8-dynamic copy of an exported folder (``onnxruntime.quantization.quantize_dynamic``, QInt8 weights,
+    per-tensor), written as another loadable folder."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t0 = time.perf_counter()
+    work = _copy_beside(src_folder, out_folder)
     try:
         quantize_dynamic(str(src_folder / "model.onnx"), str(work / "model.onnx"), weight_type=QuantType.QInt8,
                          per_channel=False)
@@ -127,4 +133,31 @@ def int8_dynamic(src_folder: Path, out_folder: Path) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     return {"kind": "int8-dynamic", "maker": "onnxruntime.quantization.quantize_dynamic(QInt8, per-tensor)",
             "seconds": round(time.perf_counter() - t0, 2),
+            "onnx_bytes": (out_folder / "model.onnx").stat().st_size}
+
+
+def int4_weight_only(src_folder: Path, out_folder: Path, cfg: Any = None) -> dict[str, Any]:
+    """A weight-only int4 copy of an exported folder: every MatMul with a constant weight becomes onnxruntime's
+    ``MatMulNBits`` (4-bit blocks of ``cfg.int4_block_size`` along the input axis, symmetric, activations in
+    float32; ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer``), which the CPU provider runs."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    block = getattr(cfg, "int4_block_size", 32)
+    t0 = time.perf_counter()
+    work = _copy_beside(src_folder, out_folder)
+    try:
+        q = MatMulNBitsQuantizer(onnx.load(str(src_folder / "model.onnx")), bits=4, block_size=block,
+                                 is_symmetric=True, accuracy_level=4)
+        q.process()
+        q.model.save_model_to_file(str(work / "model.onnx"), use_external_data_format=False)
+        quantised = sum(n.op_type == "MatMulNBits" for n in q.model.model.graph.node)
+        if not quantised:
+            raise StageError(f"{src_folder / 'model.onnx'}: no MatMul with a constant weight to quantise")
+        shutil.move(str(work / "model.onnx"), str(out_folder / "model.onnx"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"kind": "int4-weight-only",
+            "maker": f"onnxruntime MatMulNBitsQuantizer(bits=4, block_size={block}, symmetric, accuracy_level=4)",
+            "matmuls_quantised": quantised, "seconds": round(time.perf_counter() - t0, 2),
             "onnx_bytes": (out_folder / "model.onnx").stat().st_size}

@@ -33,10 +33,11 @@ def logits_of(model, ids: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
 
 
 def store_key(teacher, ids: torch.Tensor, top_k: int | None) -> str:
-    from kd2deploy.cache import _key_of
+    from kd2deploy.cache import stage_key
 
-    return _key_of({"format": tstore.FORMAT, "task": "causal-lm", "teacher": tstore.tensor_digest(teacher.state_dict()),
-                    "inputs": tstore.tensor_digest(ids), "top_k": top_k})
+    return stage_key({"format": tstore.FORMAT, "task": "causal-lm",
+                      "teacher": tstore.tensor_digest(teacher.state_dict()), "inputs": tstore.tensor_digest(ids),
+                      "top_k": top_k})
 
 
 def teacher_store(teacher, ids: torch.Tensor, root: Path, top_k: int | None, batch_size: int = 4,
