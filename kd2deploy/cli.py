@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -191,6 +192,8 @@ def run(
     forced = resolve_force(stages or True) if force else frozenset()
     cfg = load_config(pipeline, set_)
     signal.signal(signal.SIGTERM, _terminated)  # SIGTERM stops like Ctrl-C: partial results, kept checkpoints
+    # run.log has every message; a library that calls logging.basicConfig (or logging.info) must not echo them
+    logging.getLogger("kd2deploy").propagate = False
     result = run_pipeline(cfg, out, source=pipeline, force=forced)
     if _rank() != 0:  # a training process of a torchrun job: rank 0 finishes the run and reports
         from kd2deploy.distill.dist import exit_training_rank
@@ -380,12 +383,13 @@ def compare(
     out: Annotated[Path | None, typer.Option("--out", help="Write the comparison to this .md or .html file "
                                              "(default: print Markdown).")] = None,
 ) -> None:
-    """Set two runs side by side: headline, accuracy, latency, ratios with CI overlap, energy, environment."""
-    from kd2deploy.report.compare import compare_runs, render_compare_markdown, write_compare
+    """Set two runs of one task side by side: headline, quality, latency, ratios with CI overlap, energy,
+    environment."""
+    from kd2deploy.report.compare import compare_text, write_compare
     from kd2deploy.ui import step
 
     if out is None:
-        typer.echo(render_compare_markdown(compare_runs(run_a, run_b)))
+        typer.echo(compare_text(run_a, run_b, "md"))
     else:
         step(f"wrote {write_compare(run_a, run_b, out)}")
 

@@ -357,14 +357,36 @@ def render_compare_html(cmp: dict[str, Any]) -> str:
     return env.get_template("compare.html.j2").render(c=cmp)
 
 
+def compare_text(a: Path, b: Path, fmt: str = "md") -> str:
+    """The comparison of runs ``a`` and ``b`` as Markdown (``md``) or HTML: the classifier comparison, or the
+    task's own ``render_compare`` where its adapter has one.
+
+    Raises:
+        ConfigError: a results.json is missing or invalid, or the two runs are of different tasks.
+    """
+    from kd2deploy.report.rerender import load_results, results_file
+    from kd2deploy.tasks.base import task_named
+
+    ra, rb = load_results(a), load_results(b)
+    ta, tb = ra.get("task", "tensor"), rb.get("task", "tensor")
+    if ta != tb:
+        raise ConfigError(f"{results_file(b)}: a {tb} run cannot be set beside {results_file(a)}, a {ta} run; "
+                          "compare two runs of one task")
+    own = getattr(task_named(ta), "render_compare", None)
+    if own is not None:
+        return own(ra, rb, results_file(a), results_file(b), fmt)
+    cmp = compare_results(ra, rb, results_file(a), results_file(b))
+    return render_compare_markdown(cmp) if fmt == "md" else render_compare_html(cmp)
+
+
 def write_compare(a: Path, b: Path, out: Path) -> Path:
     """Compares runs ``a`` and ``b`` and writes the comparison to ``out`` (.md or .html) atomically."""
     from kd2deploy.rundir import write_atomic
 
     out = Path(out)
-    render = {".md": render_compare_markdown, ".html": render_compare_html}.get(out.suffix.lower())
-    if render is None:
+    fmt = {".md": "md", ".html": "html"}.get(out.suffix.lower())
+    if fmt is None:
         raise ConfigError(
             f"{out}: the comparison is written as .md or .html, not {out.suffix or 'no suffix'!r}"
         )
-    return write_atomic(out, render(compare_runs(a, b)))
+    return write_atomic(out, compare_text(a, b, fmt))

@@ -92,6 +92,16 @@ def test_causal_lm_end_to_end(tmp_path):
     (out / "report.md").unlink()
     rerender(out, ["md"])
     assert (out / "report.md").read_text() == report
+    from kd2deploy.report.compare import compare_text  # kd2deploy compare: two causal-lm runs side by side
+
+    cmp = compare_text(out, out / "results.json", "md")
+    assert "faster per decoded token" in cmp and "| yes |" in cmp and "config hash equal" in cmp
+    from kd2deploy.errors import ConfigError
+    from kd2deploy.report.schema import validate_results
+
+    del res["quality"]  # a causal-lm results.json is checked against its own branch of the schema
+    with pytest.raises(ConfigError, match=r"\$: 'quality' is a required property"):
+        validate_results(res)
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 

@@ -10,7 +10,6 @@ one extension of the engine: ``kd2deploy.stages.stages_for`` asks the task first
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,8 +20,6 @@ from kd2deploy.tasks.base import Capabilities
 if TYPE_CHECKING:
     from kd2deploy.engine.stage import Stage
     from kd2deploy.engine.state import RunState
-
-log = logging.getLogger("kd2deploy")
 
 
 def require_lm() -> None:
@@ -136,7 +133,7 @@ class CausalLMTask:
         state.teacher = teacher
         return {**facts, "location": str(loc), "as_given": self.c.teacher.model}
 
-    def _teacher_outputs(self, state: RunState) -> dict[str, Any]:
+    def _teacher_outputs(self, state: RunState, say: Any = None) -> dict[str, Any]:
         """The transfer set and the teacher-output stores (train, test), from ``--out/.cache`` when there."""
         from kd2deploy.tasks.causal_lm.run import transfer_set
         from kd2deploy.tasks.causal_lm.train import teacher_store
@@ -147,7 +144,7 @@ class CausalLMTask:
         store: dict[str, Any] = {}
         for split, ids in (("train", self.transfer_ids), ("test", self.ids["test"])):
             self.stores[split], store[split] = teacher_store(state.teacher, ids, cache / "teacher_outputs",
-                                                             self.c.distill.top_k, progress=log.info)
+                                                             self.c.distill.top_k, progress=say)
         return {"transfer": transfer, "store": store}
 
     def train_teacher(self, state: RunState, progress: Any) -> list[str]:
@@ -159,7 +156,7 @@ class CausalLMTask:
         record["test"] = E.evaluate(state.teacher, self.tokenizer, self.ids["test"], self.prompts,
                                     self.c.eval.new_tokens)
         progress.update(ptask, completed=2, info="teacher-output store")
-        record.update(self._teacher_outputs(state))
+        record.update(self._teacher_outputs(state, lambda msg: progress.update(ptask, info=msg)))
         progress.update(ptask, completed=3, info="")
         state.results.setdefault("models", {})["teacher"] = record
         self._say_teacher(record)
@@ -185,6 +182,13 @@ class CausalLMTask:
         from kd2deploy.tasks.causal_lm.report import render_html, render_markdown
 
         return render_markdown(results) if fmt == "md" else render_html(results)
+
+    @staticmethod
+    def render_compare(ra: dict[str, Any], rb: dict[str, Any], fa: Any, fb: Any, fmt: str) -> str:
+        from kd2deploy.tasks.causal_lm.report import compare_markdown, markdown_to_html
+
+        md = compare_markdown(ra, rb, fa, fb)
+        return md if fmt == "md" else markdown_to_html(md, "kd2deploy comparison")
 
     @staticmethod
     def summary_table(results: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...]]]:

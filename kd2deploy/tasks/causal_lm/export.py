@@ -141,7 +141,14 @@ def int4_weight_only(src_folder: Path, out_folder: Path, cfg: Any = None) -> dic
     ``MatMulNBits`` (4-bit blocks of ``cfg.int4_block_size`` along the input axis, symmetric, activations in
     float32; ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer``), which the CPU provider runs."""
     import onnx
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    # the module calls logging.basicConfig(level=INFO) on import: every library's INFO would reach the terminal
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
     block = getattr(cfg, "int4_block_size", 32)
     t0 = time.perf_counter()

@@ -105,7 +105,12 @@ def render_markdown(res: dict[str, Any]) -> str:
         v = s["kd_vs_control"]
         L.append(f"\nGap (control - KD) {v['perplexity_gap']:.2f}, larger per-arm sd {v['seed_spread_sd']:.2f}: "
                  + ("**KD beats the control beyond the seed spread** " if v["beats_beyond_spread"]
-                    else "**no win beyond the seed spread** ") + f"({v['rule']}).\n")
+                    else "**no win beyond the seed spread** ") + f"({v['rule']}).")
+        pt = v.get("paired")
+        if pt and pt.get("ci95"):
+            L.append(f"Paired by seed on test log-perplexity (NLL per token): KD {pt['verdict']} the control, mean "
+                     f"gap {pt['mean_diff']:.3f} nats (95 % CI {pt['ci95'][0]:.3f} to {pt['ci95'][1]:.3f}), KD lower "
+                     f"on {pt['wins']}/{pt['n']} seeds, paired t-test p = {pt['p_t']:.3g}.\n")
     L.append("### Per seed\n\n| arm | seed | steps | on-policy steps | train s | val ppl | test ppl | ROUGE-L |")
     L.append("|---|---|---|---|---|---|---|---|")
     for r in d["runs"]:
@@ -205,19 +210,23 @@ def decode_plot(res: dict[str, Any]) -> str | None:
     return png_uri(fig)
 
 
-def render_html(res: dict[str, Any]) -> str:
-    """The Markdown report as HTML (markdown-it), with the plots."""
+def markdown_to_html(markdown: str, title: str, extra: str = "") -> str:
+    """A standalone HTML page of ``markdown`` (markdown-it, CommonMark with tables) and ``extra`` HTML after it."""
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark").enable("table").render(render_markdown(res))
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>body{{"
+            "font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem}</style></head><body>"
+            f"{body}{extra}</body></html>")
+
+
+def render_html(res: dict[str, Any]) -> str:
+    """The Markdown report as HTML, with the plots."""
     plots = "".join(f'<figure><img alt="{alt}" src="{uri}"></figure>'
                     for alt, uri in (("test perplexity per seed", perplexity_plot(res)),
                                      ("decode latency", decode_plot(res))) if uri)
-    title = html.escape(res["pipeline"]["name"])
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>body{{font-family:"
-            "system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:.2rem .5rem}</style></head><body>"
-            f"{body}<h2>Plots</h2>{plots}</body></html>")
+    return markdown_to_html(render_markdown(res), res["pipeline"]["name"], f"<h2>Plots</h2>{plots}")
 
 
 def summary_table(res: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, ...]]]:
@@ -237,3 +246,61 @@ def summary_table(res: dict[str, Any]) -> tuple[str, list[str], list[tuple[str, 
                      f"{r['decode_p50_us'] / 1e3:.2f}", f"{kwh:.4f}" if kwh else "–"))
     return ("kd2deploy summary (causal-lm, batch 1)",
             ["model", "test perplexity", "TTFT p50 ms", "decode p50 ms/token", "kWh / 1 M tokens"], rows)
+
+
+def compare_markdown(ra: dict[str, Any], rb: dict[str, Any], fa: Any = None, fb: Any = None) -> str:
+    """Two causal-lm runs side by side (e.g. the same pipeline on a laptop and on an edge board): the verdicts,
+    per-token latency per model with B / A, the teacher / student ratios with whether their intervals overlap,
+    quality, energy and what differs in the environment."""
+
+    def lat(r: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(x["model"], x["batch_size"]): x for x in r["benchmark"]["results"]}
+
+    def rat(r: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
+        return {(x["numerator"], x["denominator"], x["batch_size"]): x for x in r["benchmark"]["ratios"]}
+
+    def env(r: dict[str, Any]) -> dict[str, Any]:
+        e = r.get("environment", {})
+        return {"CPU": e.get("cpu"), "logical cores": e.get("logical_cores"), "platform": e.get("platform"),
+                "generation threads": r["pipeline"]["resolved"]["causal_lm"]["bench"]["threads"],
+                "energy label": (r.get("energy") or {}).get("label"),
+                **{k: v for k, v in (e.get("packages") or {}).items() if k in ("onnxruntime", "torch", "optimum")}}
+
+    ha, hb = ra["headline"], rb["headline"]
+    same = ra["pipeline"]["config_hash"] == rb["pipeline"]["config_hash"]
+    L = [f"# kd2deploy comparison (causal-lm) — A: {ra['pipeline']['name']} vs B: {rb['pipeline']['name']}\n",
+         f"- **A**: `{fa or ra['run']['dir']}`, {ra['environment'].get('cpu')}",
+         f"- **B**: `{fb or rb['run']['dir']}`, {rb['environment'].get('cpu')}\n",
+         "**" + ("The same pipeline configuration (config hash equal)." if same else
+                 "Different pipeline configurations: the numbers compare different runs, not only machines.") + "**\n",
+         "## Headline\n", "| | A | B |", "|---|---|---|",
+         f"| verdict | {ha['verdict']} | {hb['verdict']} |",
+         f"| ships | {ha['ships']} | {hb['ships']} |"]
+    for key, label in (("decode_ratio", "faster per decoded token (teacher ÷ shipped)"),
+                       ("ttft_ratio", "time to first token (teacher ÷ shipped)")):
+        ci = key.replace("ratio", "ci95")
+        L.append(f"| {label} | " + " | ".join(f"{h[key]:.2f}x {_ci(h[ci])}" if h[key] else "–" for h in (ha, hb))
+                 + " |")
+    L.append("| energy per token (teacher ÷ shipped) | " + " | ".join(
+        f"{h['energy_ratio']:.2f}x ({h['energy_label']})" if h["energy_ratio"] else "–" for h in (ha, hb)) + " |")
+    L.append("| test perplexity, teacher -> shipped | " + " | ".join(
+        f"{h['teacher_perplexity']:.2f} -> {h['student_perplexity']:.2f}" for h in (ha, hb)) + " |")
+    L += ["\n## Per-token decode latency, p50 ms\n", "| model | batch | A | B | B ÷ A |", "|---|---:|---:|---:|---:|"]
+    la, lb = lat(ra), lat(rb)
+    for key in sorted(set(la) | set(lb)):
+        a, b = la.get(key), lb.get(key)
+        ratio = f"{b['decode_p50_us'] / a['decode_p50_us']:.2f}x" if a and b else "–"
+        L.append(f"| {key[0]} | {key[1]} | " + " | ".join(f"{x['decode_p50_us'] / 1e3:.2f}" if x else "–"
+                                                           for x in (a, b)) + f" | {ratio} |")
+    L += ["\n| decode ratio | batch | A [95 % CI] | B [95 % CI] | CIs overlap |", "|---|---:|---:|---:|---|"]
+    qa, qb = rat(ra), rat(rb)
+    for key in sorted(set(qa) & set(qb)):
+        a, b = qa[key], qb[key]
+        overlap = a["decode_ci95"][0] <= b["decode_ci95"][1] and b["decode_ci95"][0] <= a["decode_ci95"][1]
+        L.append(f"| {key[0]} / {key[1]} | {key[2]} | {a['decode_ratio']:.2f} {_ci(a['decode_ci95'])} | "
+                 f"{b['decode_ratio']:.2f} {_ci(b['decode_ci95'])} | {'yes' if overlap else 'no'} |")
+    L += ["\n## Environment\n", "| | A | B | same |", "|---|---|---|---|"]
+    ea, eb = env(ra), env(rb)
+    for k in dict.fromkeys([*ea, *eb]):
+        L.append(f"| {k} | {ea.get(k)} | {eb.get(k)} | {'yes' if ea.get(k) == eb.get(k) else 'no'} |")
+    return "\n".join(L) + "\n"

@@ -65,13 +65,19 @@ def summarize_arms(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[arm]["top1_agreement"] = mean_sd([r["test"]["teacher_agreement"]["top1_agreement"] for r in rs])
             out[arm]["mean_kl"] = mean_sd([r["test"]["teacher_agreement"]["mean_kl"] for r in rs])
     if "kd" in out and "ce" in out:
+        from kd2deploy.stats import paired_seeds
+
         kd, ce = out["kd"]["test_perplexity"], out["ce"]["test_perplexity"]
         spread = max((kd["sd"] or 0.0), (ce["sd"] or 0.0))
+        nll = {(r["arm"], r["seed"]): r["test"]["perplexity"]["nll"] for r in runs}
+        seeds = sorted({s for a, s in nll if a == "kd"} & {s for a, s in nll if a == "ce"})
         out["kd_vs_control"] = {
             "perplexity_gap": ce["mean"] - kd["mean"], "seed_spread_sd": spread,
             "beats_beyond_spread": kd["max"] < ce["min"] and ce["mean"] - kd["mean"] > spread,
             "rule": "every KD seed's test perplexity below every control seed's, and the mean gap above the larger "
                     "per-arm sd",
+            # higher is better for paired_seeds: the negated test NLL (log perplexity), paired by seed
+            "paired": paired_seeds([-nll[("kd", s)] for s in seeds], [-nll[("ce", s)] for s in seeds], "kd", "ce"),
         }
     return out
 

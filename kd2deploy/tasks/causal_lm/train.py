@@ -171,7 +171,7 @@ def train_arm(student, train_ids: torch.Tensor, cfg, *, seed: int, arm: str, tea
                 s_logits = student(input_ids=seq).logits
                 loss = divergence(s_logits[:, :-1], t_logits[:, :-1], cfg.loss, temperature=cfg.temperature,
                                   beta=cfg.beta, skew=cfg.skew, mask=mask[:, :-1])
-                parts = {"kd_on_policy": float(loss)}
+                parts = {"kd_on_policy": float(loss.detach())}
                 on_policy += 1
             else:
                 t_logits = teacher_batch(teacher_outputs, idx, cfg.loss) if arm == "kd" else None
@@ -190,7 +190,7 @@ def train_arm(student, train_ids: torch.Tensor, cfg, *, seed: int, arm: str, tea
             step += 1
             history.append({"step": step, "loss": float(loss.detach()), **parts})
             if progress and (step % 10 == 0 or step == steps):
-                progress(f"{arm} seed {seed}: step {step}/{steps} loss {float(loss):.3f}")
+                progress(f"{arm} seed {seed}: step {step}/{steps} loss {history[-1]['loss']:.3f}")
     student.eval()
     return {"arm": arm, "seed": seed, "steps": steps, "on_policy_steps": on_policy, "epochs": tc.epochs,
             "seconds": round(time.perf_counter() - t0, 2), "final_loss": history[-1]["loss"] if history else None,
