@@ -77,7 +77,8 @@ class StudentsStage(BaseStage):
         else:  # the shipped seed was trained by an earlier, stopped run
             saved = best_slot.load() if best_slot is not None else None
             if saved is None or saved["seed"] != choice["seed"]:
-                raise RuntimeError(f"students: the weights of KD seed {choice['seed']} are not in {resume.dir}")
+                raise RuntimeError(f"students: the weights of KD seed {choice['seed']} are not in "
+                                   f"{getattr(resume, 'dir', 'the resume folder')}; rerun with --force students")
             state.student = self._build(state, choice["seed"], saved["weights"])
         record = {"loss": c.distill.loss, "temperature": c.distill.temperature, "alpha": c.distill.alpha,
                   "seeds": list(c.distill.seeds), "arms": sorted({r["arm"] for r in runs}), "runs": runs,
