@@ -105,7 +105,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         v = s["kd_vs_control"]
         L.append(f"\nGap (control - KD) {v['perplexity_gap']:.2f}, larger per-arm sd {v['seed_spread_sd']:.2f}: "
                  + ("**KD beats the control beyond the seed spread** " if v["beats_beyond_spread"]
-                    else "**no win beyond the seed spread** ") + f"({v['rule']}).")
+                    else "**no win beyond the seed spread** ") + f"({v['rule']}).\n")
         pt = v.get("paired")
         if pt and pt.get("ci95"):
             L.append(f"Paired by seed on test log-perplexity (NLL per token): KD {pt['verdict']} the control, mean "
