@@ -73,7 +73,7 @@ class StudentsStage(BaseStage):
             kwh *= max(0.0, 1 - searched / spent["duration_s"])
         record["convergence"] = convergence_of(record["per_seed"], kwh)
         fractions = getattr(getattr(state.cfg, "distill", None), "label_fractions", None)
-        if fractions and state.cfg.task == "tensor":
+        if fractions and task.capabilities.label_efficiency:
             from kd2deploy.distill.label_efficiency import label_efficiency
 
             record["label_efficiency"] = label_efficiency(state.cfg, state.path("label_efficiency"), fractions,

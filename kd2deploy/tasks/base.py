@@ -29,6 +29,8 @@ class Capabilities:
         backends: benchmark backends (``benchmark.backends``) its exported files run on.
         torch_baseline: whether the teacher can be timed in PyTorch eager.
         distributed: whether ``--nproc N`` training works.
+        label_efficiency: whether the students stage can run ``distill.label_fractions``' study (it retrains the
+            teacher and students on label subsets of the tensor sections).
         reasons: why something is missing, by capability name (shown in the refusal).
     """
 
@@ -37,6 +39,7 @@ class Capabilities:
     backends: frozenset[str] = frozenset({"onnxruntime-cpu"})
     torch_baseline: bool = True
     distributed: bool = False
+    label_efficiency: bool = False
     reasons: dict[str, str] = field(default_factory=dict)
 
 

@@ -25,7 +25,7 @@ class TensorTask:
         variant_kinds=frozenset({"int8-dynamic", "int8-static", "fp16", "optimized", "transformer-fusion"}),
         backends=frozenset({"onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt",
                             "torch-eager-cpu", "torch-eager-cuda"}),
-        torch_baseline=True, distributed=True,
+        torch_baseline=True, distributed=True, label_efficiency=True,
     )
 
     def __init__(self, cfg: Any) -> None:
