@@ -153,3 +153,20 @@ def test_sequence_level_transfer_set_is_generated_once(tmp_path):
     assert rec2["reused"] and [d.text for d in again] == [d.text for d in got]
     ids = D.pack(tok, got, 8, chat_template=False)
     assert ids.shape[1] == 8
+
+
+def test_int4_block_and_shared_variants_are_checked(tmp_path):
+    import yaml
+
+    from kd2deploy.config import load_config
+
+    folder = write_text_folder(tmp_path / "c", tiny_docs(3))
+    section = {"data": {"path": str(folder)}, "teacher": {"model": str(folder)}}
+    with pytest.raises(ValidationError, match="48 is not a power of two; allowed: 16, 32, 64, 128, 256"):
+        CausalLMConfig.model_validate({**section, "export": {"int4_block_size": 48}})
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"version": 1, "name": "x", "task": "causal-lm", "causal_lm": section,
+                                        "variants": {"variants": [{"kind": "int8-dynamic"}]}}))
+    with pytest.raises(ConfigError, match=r"variants: kind 'int8-dynamic' is not supported for task causal-lm "
+                                          r"\(causal-lm makes its own variants: causal_lm.export.int8_dynamic"):
+        load_config(pipeline, [])
