@@ -140,3 +140,13 @@ def fewer_layers(config, key: str, num_layers: int, section: str):
     small = copy.deepcopy(config)
     setattr(small, key, num_layers)
     return small
+
+
+def tree_sha256(path: Path) -> dict[str, str]:
+    """sha256 of a file, or of every file under a folder (relative names): what a folder-valued input is."""
+    from kd2deploy.cache import file_sha256
+
+    path = Path(path)
+    if path.is_file():
+        return {path.name: file_sha256(path)}
+    return {str(p.relative_to(path)): file_sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}

@@ -68,8 +68,7 @@ class CausalLMTask:
 
     def key_inputs(self, stage: str) -> dict[str, Any]:
         from kd2deploy.cache import CACHE_FORMAT, versions
-        from kd2deploy.tasks.hf_common import resolve_location
-        from kd2deploy.tasks.text.adapter import tree_sha256
+        from kd2deploy.tasks.hf_common import resolve_location, tree_sha256
 
         r = self.cfg.resolved()["causal_lm"]
         if stage == "data":
@@ -139,8 +138,8 @@ class CausalLMTask:
         from kd2deploy.tasks.causal_lm.train import teacher_store
 
         cache = state.out / ".cache"
-        self.transfer_ids, transfer = transfer_set(self.c, self.tokenizer, self.splits, state.teacher,
-                                                   cache / "transfer")
+        self.transfer_ids, transfer = transfer_set(self.c, self.tokenizer, self.splits, self.ids["train"],
+                                                   state.teacher, cache / "transfer")
         store: dict[str, Any] = {}
         for split, ids in (("train", self.transfer_ids), ("test", self.ids["test"])):
             self.stores[split], store[split] = teacher_store(state.teacher, ids, cache / "teacher_outputs",

@@ -30,17 +30,16 @@ def mean_sd(xs: list[float]) -> dict[str, float | None]:
             "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def transfer_set(c, tokenizer, splits, teacher, cache_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The packed transfer set: the training data, or teacher-generated responses (sequence-level KD) generated
-    once and stored under ``cache_dir``."""
+def transfer_set(c, tokenizer, splits, train_ids, teacher, cache_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The packed transfer set: the packed training split ``train_ids``, or teacher-generated responses to its
+    documents (sequence-level KD), generated once and stored under ``cache_dir``."""
     from kd2deploy.cache import stage_key
     from kd2deploy.distill.store import tensor_digest
     from kd2deploy.tasks.causal_lm import data as D
 
     dc = c.data
     if dc.transfer == "data":
-        ids = D.pack(tokenizer, splits.train, dc.max_seq_len, dc.chat_template, dc.max_train_sequences)
-        return ids, {"transfer": "data", "sequences": int(ids.shape[0])}
+        return train_ids, {"transfer": "data", "sequences": int(train_ids.shape[0])}
     prompts = D.transfer_prompts(tokenizer, splits.train, dc.transfer_prompt_tokens, dc.chat_template)
     key = stage_key({"teacher": tensor_digest(teacher.state_dict()), "prompts": prompts,
                   "new_tokens": dc.transfer_new_tokens})
@@ -89,21 +88,24 @@ def ship_choice(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"arm": best["arm"], "seed": best["seed"], "rule": "lowest validation perplexity among KD seeds"}
 
 
-def onnx_nll(folder: Path, ids) -> list[float]:
-    """Mean next-token NLL of every sequence of ``ids`` through the exported folder (ORTModelForCausalLM, one
-    full forward per sequence); perplexity = exp(mean of these), every sequence having the same length."""
+def onnx_nll(folder: Path, splits: dict[str, Any]) -> dict[str, list[float]]:
+    """Mean next-token NLL of every sequence of each split (name -> packed ids) through the exported folder
+    (ORTModelForCausalLM loaded once, one full forward per sequence); perplexity = exp(mean of a split's values),
+    every sequence having the same length."""
     import torch
     import torch.nn.functional as F
 
     from kd2deploy.tasks.causal_lm.export import load_shipped
 
     model, _ = load_shipped(folder)
-    out = []
+    out: dict[str, list[float]] = {}
     with torch.inference_mode():
-        for row in ids:
-            x = row.unsqueeze(0)
-            lg = torch.as_tensor(model(input_ids=x, attention_mask=torch.ones_like(x)).logits)[:, :-1].float()
-            out.append(float(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), x[:, 1:].reshape(-1))))
+        for split, ids in splits.items():
+            out[split] = []
+            for row in ids:
+                x = row.unsqueeze(0)
+                lg = torch.as_tensor(model(input_ids=x, attention_mask=torch.ones_like(x)).logits)[:, :-1].float()
+                out[split].append(float(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), x[:, 1:].reshape(-1))))
     return out
 
 
@@ -129,7 +131,8 @@ def export_and_check(c, tokenizer, ids: dict[str, Any], teacher, student, models
     if not rec["student_parity"]["within_atol"]:
         log.warning("student parity: max |delta logit| %.2e above atol %.0e",
                     rec["student_parity"]["max_abs_logit_diff"], c.export.atol)
-    rec["student_nll"] = {split: onnx_nll(models / "student", ids[split]) for split in ("val", "test")}
+    scored = {split: ids[split] for split in ("val", "test")}
+    rec["student_nll"] = onnx_nll(models / "student", scored)
     rec["student_onnx_val_perplexity"] = perplexity_of(rec["student_nll"]["val"])
     rec["student_onnx_test_perplexity"] = perplexity_of(rec["student_nll"]["test"])
     if c.export.teacher:
@@ -148,7 +151,7 @@ def export_and_check(c, tokenizer, ids: dict[str, Any], teacher, student, models
             rec["variants"][f"student-{suffix}"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             shutil.rmtree(folder, ignore_errors=True)
             continue
-        v["nll"] = {split: onnx_nll(folder, ids[split]) for split in ("val", "test")}
+        v["nll"] = onnx_nll(folder, scored)
         v["val_perplexity"] = perplexity_of(v["nll"]["val"])
         v["test_perplexity"] = perplexity_of(v["nll"]["test"])
         v["parity"] = X.parity(student, folder, test[:n], c.export.parity_new_tokens, float("inf"), pad)
@@ -211,7 +214,7 @@ def guard(c, exp: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
     decode speed-up interval (batch 1) exceeds ``export.min_speedup``; the fastest such variant wins, else FP32."""
     base = exp["student_onnx_val_perplexity"]
     ceiling = base * (1 + c.export.max_perplexity_increase)
-    judged, reasons = [], []
+    judged, reasons, judgements = [], [], {}
     for name, v in exp.get("variants", {}).items():
         if "error" in v:
             reasons.append(f"{name} not made ({v['error'][:80]})")
@@ -219,7 +222,7 @@ def guard(c, exp: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
         r = ratio_of(bench, "student-onnx", f"{name}-onnx")
         keeps = v["val_perplexity"] <= ceiling
         faster = r is not None and r["decode_ci95"][0] > c.export.min_speedup
-        v.update(keeps_quality=keeps, faster=faster)
+        judgements[name] = {"keeps_quality": keeps, "faster": faster}
         reasons.append(f"{name}: validation perplexity {v['val_perplexity']:.3f} vs FP32 {base:.3f} (ceiling "
                        f"{ceiling:.3f}: {'kept' if keeps else 'exceeded'}); decode speed-up "
                        + (f"{r['decode_ratio']:.2f}x, 95 % CI [{r['decode_ci95'][0]:.2f}, "
@@ -227,7 +230,7 @@ def guard(c, exp: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
         if keeps and faster:
             judged.append((r["decode_ratio"], name))
     ships = max(judged)[1] if judged else "student"
-    return {"ships": ships, "reason": "; ".join(reasons) or "no variant made",
+    return {"ships": ships, "reason": "; ".join(reasons) or "no variant made", "variants": judgements,
             "rule": "fastest variant whose validation perplexity stays within export.max_perplexity_increase of "
                     "FP32's and whose decode speed-up CI lies above export.min_speedup; else FP32"}
 

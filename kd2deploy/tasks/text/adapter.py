@@ -61,7 +61,7 @@ class TextTask:
 
     def key_inputs(self, stage: str) -> dict[str, Any]:
         from kd2deploy.cache import CACHE_FORMAT, versions
-        from kd2deploy.tasks.hf_common import resolve_location
+        from kd2deploy.tasks.hf_common import resolve_location, tree_sha256
 
         r = self.cfg.resolved()["text"]
         if stage == "data":
@@ -384,13 +384,3 @@ def onnx_opset(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def tree_sha256(path: Path) -> dict[str, str]:
-    """sha256 of a file, or of every file under a folder (relative names): what a folder-valued input is."""
-    from kd2deploy.cache import file_sha256
-
-    path = Path(path)
-    if path.is_file():
-        return {path.name: file_sha256(path)}
-    return {str(p.relative_to(path)): file_sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
